@@ -1,0 +1,16 @@
+#pragma once
+// Subcommands of the `kvferry` binary. Each Add*Command registers one subcommand
+// (with its options and callback) on the root app; main() only wires them up.
+// A callback's return value is the process exit code.
+
+namespace CLI {
+class App;
+}
+
+namespace kvferry::apps {
+
+
+// Set by a subcommand's callback; main() returns it.
+int& ExitCode();
+
+}  // namespace kvferry::apps
