@@ -9,6 +9,11 @@ class App;
 
 namespace kvferry::apps {
 
+// Registers `bench` (with transfer and memcpy); returns it so others can add benches.
+CLI::App& AddBenchCommand(CLI::App& root);
+// `demo`: the main job of the README's quick start.
+void AddDemoCommand(CLI::App& root);
+
 
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();

@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
   });
 
 
+  kvferry::apps::AddBenchCommand(app);
+  kvferry::apps::AddDemoCommand(app);
+
   CLI11_PARSE(app, argc, argv);
   return kvferry::apps::ExitCode();
 }

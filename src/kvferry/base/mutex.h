@@ -25,6 +25,7 @@
 #define KVF_RELEASE(...) KVF_THREAD_ANNOTATION_(release_capability(__VA_ARGS__))
 #define KVF_RELEASE_SHARED(...) KVF_THREAD_ANNOTATION_(release_shared_capability(__VA_ARGS__))
 #define KVF_EXCLUDES(...) KVF_THREAD_ANNOTATION_(locks_excluded(__VA_ARGS__))
+#define KVF_RETURN_CAPABILITY(x) KVF_THREAD_ANNOTATION_(lock_returned(x))
 #define KVF_NO_THREAD_SAFETY_ANALYSIS KVF_THREAD_ANNOTATION_(no_thread_safety_analysis)
 
 namespace kvferry {
