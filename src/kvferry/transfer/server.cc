@@ -266,6 +266,11 @@ void Server::ServeData(Conn* conn, bool shm) {
       continue;
     }
     void* mem = reinterpret_cast<void*>(h.addr);
+    access_order_.fetch_add(1, std::memory_order_acq_rel);
+    struct OrderAfter {
+      std::atomic<uint64_t>& a;
+      ~OrderAfter() { a.fetch_add(1, std::memory_order_acq_rel); }
+    } order_after{access_order_};
     if (shm_ref) {
       Status s = CopyWithPeer(peer_pid, h.addr, peer_addr, h.size, write);
       if (!s.ok()) KVF_LOG_WARN("transfer: shm copy of {} bytes failed: {}", h.size, s.ToString());

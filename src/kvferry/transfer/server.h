@@ -70,6 +70,12 @@ class Server {
   net::Fd handshake_listen_, data_listen_, shm_listen_;
   std::vector<std::thread> acceptors_;
 
+  // Requests on different connections touching the same memory are ordered only
+  // through the network (a peer waits for one reply before sending the next
+  // request). An acq_rel RMW before and after each access makes that ordering
+  // visible to the C++ memory model (and to TSan), at the cost of one atomic op.
+  std::atomic<uint64_t> access_order_{0};
+
   Mutex mu_;
   bool stopping_ KVF_GUARDED_BY(mu_) = false;
   std::list<std::unique_ptr<Conn>> conns_ KVF_GUARDED_BY(mu_);
