@@ -14,7 +14,9 @@
 #include "tests/process.h"
 
 namespace kvferry::transfer {
+inline void PrintTo(Protocol p, std::ostream* os) { *os << ProtocolName(p); }
 namespace {
+
 
 using namespace std::chrono_literals;
 using kvferry::testing::Process;

@@ -14,7 +14,9 @@
 #include "kvferry/transfer/wire.h"
 
 namespace kvferry::transfer {
+inline void PrintTo(Protocol p, std::ostream* os) { *os << ProtocolName(p); }
 namespace {
+
 
 using namespace std::chrono_literals;
 using testing::Header;
