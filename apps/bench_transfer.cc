@@ -18,15 +18,25 @@
 namespace kvferry::apps {
 namespace {
 
-// Anonymous, pre-faulted memory so page faults stay out of the figures.
+// Anonymous, pre-faulted memory on transparent huge pages where the kernel allows
+// (fewer page-table walks for the copies), so page faults stay out of the figures.
 class Buffer {
  public:
   explicit Buffer(uint64_t size) : size_(size) {
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    data_ = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+    constexpr uint64_t kHuge = 2 << 20;
+    map_size_ = size + kHuge;
+    void* p = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      data_ = nullptr;
+      return;
+    }
+    map_ = static_cast<char*>(p);
+    data_ = reinterpret_cast<char*>((reinterpret_cast<uint64_t>(map_) + kHuge - 1) & ~(kHuge - 1));
+    madvise(data_, size_, MADV_HUGEPAGE);
+    std::memset(data_, 0, size_);
   }
   ~Buffer() {
-    if (data_) munmap(data_, size_);
+    if (map_) munmap(map_, map_size_);
   }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -35,7 +45,9 @@ class Buffer {
 
  private:
   uint64_t size_;
-  char* data_;
+  uint64_t map_size_ = 0;
+  char* map_ = nullptr;
+  char* data_ = nullptr;
 };
 
 uint8_t PatternByte(uint64_t offset, uint64_t seed) {

@@ -1,0 +1,244 @@
+#include "kvferry/http/http.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+namespace kvferry::http {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string Base(const Server& s) { return "http://127.0.0.1:" + std::to_string(s.port()); }
+
+std::unique_ptr<Server> Start(Handler h, ServerOptions o = {}) {
+  o.host = "127.0.0.1";
+  auto s = Server::Create(o, std::move(h));
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return std::move(*s);
+}
+
+// Raw socket: send bytes, read until the server closes (bounded).
+std::string RawExchange(uint16_t port, const std::string& bytes, bool close_after_send = false) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return "<connect failed>";
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  if (close_after_send) shutdown(fd, SHUT_WR);
+  std::string out;
+  char buf[4096];
+  for (int i = 0; i < 10000; ++i) {
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+TEST(HttpTest, PlainRequestsHeadersAndKeepAlive) {
+  auto server = Start([](Request req, std::shared_ptr<Responder> r) {
+    std::string auth = req.Find("authorization") ? *req.Find("AUTHORIZATION") : "-";
+    r->Respond(req.path == "/missing" ? 404 : 200, "text/plain",
+               req.method + " " + req.target + " " + auth + " " + req.body, {{"X-Request-Id", "abc"}});
+  });
+  FetchOptions get;
+  get.headers = {{"Authorization", "Bearer k"}};
+  auto r = Fetch(Base(*server) + "/v1/models?x=1", get, Deadline::After(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "GET /v1/models?x=1 Bearer k ");
+  ASSERT_NE(r->Find("x-request-id"), nullptr);
+  EXPECT_EQ(*r->Find("x-request-id"), "abc");
+  FetchOptions post;
+  post.method = "POST";
+  post.body = std::string(100000, 'z');
+  auto p = Fetch(Base(*server) + "/missing", post, Deadline::After(5s));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->status, 404);
+  EXPECT_EQ(p->body.size(), std::string("POST /missing - ").size() + 100000);
+  // Two requests on one keep-alive connection.
+  std::string two = RawExchange(server->port(),
+                                "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(two.find("GET /a"), std::string::npos) << two;
+  EXPECT_NE(two.find("GET /b"), std::string::npos) << two;
+}
+
+TEST(HttpTest, StreamsChunksAsTheyAreWritten) {
+  auto server = Start([](Request, std::shared_ptr<Responder> r) {
+    std::thread([r] {
+      r->BeginStream(200, "text/event-stream");
+      for (int i = 0; i < 5; ++i) {
+        r->Write("data: " + std::to_string(i) + "\n\n");
+        std::this_thread::sleep_for(50ms);
+      }
+      r->Write("data: [DONE]\n\n");
+      r->End();
+    }).detach();
+  });
+  std::vector<double> arrivals;
+  std::string all;
+  double t0 = NowSeconds();
+  std::string content_type;
+  auto r = FetchStream(
+      Base(*server) + "/stream", FetchOptions{},
+      [&](const Response& resp) { content_type = resp.Find("content-type") ? *resp.Find("content-type") : ""; },
+      [&](std::string_view chunk) {
+        arrivals.push_back(NowSeconds() - t0);
+        all.append(chunk);
+        return true;
+      },
+      Deadline::After(10s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(content_type, "text/event-stream");
+  EXPECT_EQ(all, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\ndata: [DONE]\n\n");
+  ASSERT_GE(arrivals.size(), 3u);  // incremental, not one blob at the end
+  EXPECT_LT(arrivals.front(), arrivals.back() - 0.1);
+}
+
+TEST(HttpTest, ClientDisconnectIsReportedToTheStream) {
+  std::atomic<bool> gone{false};
+  std::atomic<bool> write_failed{false};
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    r->OnClientGone([&] { gone = true; });
+    std::thread([r, &write_failed] {
+      r->BeginStream(200, "text/event-stream");
+      for (int i = 0; i < 400; ++i) {
+        if (!r->Write("data: tick\n\n")) {
+          write_failed = true;
+          return;
+        }
+        std::this_thread::sleep_for(10ms);
+      }
+      r->End();
+    }).detach();
+  });
+  int chunks = 0;
+  auto r = FetchStream(
+      Base(*server) + "/s", FetchOptions{}, nullptr, [&](std::string_view) { return ++chunks < 3; },
+      Deadline::After(10s));
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
+  for (int i = 0; i < 300 && !(gone && write_failed); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(gone.load());
+  EXPECT_TRUE(write_failed.load());
+}
+
+TEST(HttpTest, DisconnectWhileWaitingForAPlainAnswerIsReported) {
+  std::atomic<bool> gone{false};
+  std::shared_ptr<Responder> held;
+  Mutex mu;
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    r->OnClientGone([&] { gone = true; });
+    MutexLock l(mu);
+    held = r;  // never answers
+  });
+  std::string out = RawExchange(server->port(), "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", true);
+  for (int i = 0; i < 300 && !gone; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(gone.load());
+  MutexLock l(mu);
+  EXPECT_TRUE(held->ClientGone());
+}
+
+TEST(HttpTest, LimitsAndGarbageGetCleanErrors) {
+  ServerOptions o;
+  o.max_body_bytes = 1000;
+  auto server = Start([](Request, std::shared_ptr<Responder> r) { r->Respond(200, "text/plain", "ok"); }, o);
+  std::string big = RawExchange(server->port(), "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" +
+                                                    std::string(5000, 'a'));
+  EXPECT_NE(big.find("413"), std::string::npos) << big;
+  std::string garbage = RawExchange(server->port(), "\x01\x02 not http at all\r\n\r\n");
+  EXPECT_NE(garbage.find("400"), std::string::npos) << garbage;
+  // Still serving.
+  auto r = Fetch(Base(*server) + "/", FetchOptions{}, Deadline::After(5s));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->body, "ok");
+}
+
+TEST(HttpTest, DroppedResponderAnswers500) {
+  auto server = Start([](Request, std::shared_ptr<Responder>) {});
+  auto r = Fetch(Base(*server) + "/", FetchOptions{}, Deadline::After(5s));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 500);
+}
+
+TEST(HttpTest, StopEndsOpenStreams) {
+  std::atomic<int> gone{0};
+  std::vector<std::shared_ptr<Responder>> held;
+  Mutex mu;
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    r->OnClientGone([&] { ++gone; });
+    r->BeginStream(200, "text/event-stream");
+    r->Write("data: hello\n\n");
+    MutexLock l(mu);
+    held.push_back(r);
+  });
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&] {
+      (void)FetchStream(Base(*server) + "/", FetchOptions{}, nullptr, [](std::string_view) { return true; },
+                        Deadline::After(10s));
+    });
+  }
+  for (int i = 0; i < 500; ++i) {
+    {
+      MutexLock l(mu);
+      if (held.size() == 4) break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  double t0 = NowSeconds();
+  server->Stop();
+  for (auto& c : clients) c.join();
+  EXPECT_LT(NowSeconds() - t0, 5.0);
+  EXPECT_EQ(gone.load(), 4);
+}
+
+TEST(HttpTest, ClientErrors) {
+  EXPECT_EQ(Fetch("http://127.0.0.1:1/", FetchOptions{}, Deadline::After(5s)).status().code(),
+            StatusCode::kUnavailable);
+  // A server that accepts but never answers.
+  std::shared_ptr<Responder> held;
+  Mutex mu;
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    MutexLock l(mu);
+    held = r;
+  });
+  double t0 = NowSeconds();
+  auto r = Fetch(Base(*server) + "/", FetchOptions{}, Deadline::After(300ms));
+  EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status().ToString();
+  EXPECT_LT(NowSeconds() - t0, 3.0);
+}
+
+TEST(HttpTest, ParseUrl) {
+  auto u = ParseUrl("http://10.0.0.2:8010/v1/completions?a=b");
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->host, "10.0.0.2");
+  EXPECT_EQ(u->port, 8010);
+  EXPECT_EQ(u->target, "/v1/completions?a=b");
+  auto v = ParseUrl("localhost:9");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->host, "localhost");
+  EXPECT_EQ(v->target, "/");
+  auto w = ParseUrl("http://[::1]:8000");
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->host, "::1");
+  EXPECT_EQ(w->port, 8000);
+  EXPECT_EQ(ParseUrl("http://h").value().port, 80);
+  EXPECT_FALSE(ParseUrl("http://:80/").ok());
+  EXPECT_FALSE(ParseUrl("http://h:0/").ok());
+  EXPECT_FALSE(ParseUrl("http://h:99999/").ok());
+  EXPECT_EQ(ParseUrl("https://h/").status().code(), StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace kvferry::http
