@@ -1,0 +1,72 @@
+#pragma once
+// The bootstrap server (PROTOCOL.md §3) and its clients: prefiller workers
+// register their side-channel address; decoders and proxies query the map.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "kvferry/base/base.h"
+#include "kvferry/http/http.h"
+
+namespace kvferry::connector {
+
+struct WorkerInfo {
+  std::string engine_id;
+  int64_t dp_rank = 0;
+  int64_t tp_rank = 0;
+  int64_t pp_rank = 0;
+  std::string addr;  // "tcp://IP:PORT"
+};
+
+// dp_rank → {engine_id, tp_rank → pp_rank → addr}
+struct DpEntry {
+  std::string engine_id;
+  std::map<int64_t, std::map<int64_t, std::string>> worker_addr;
+};
+using BootstrapMap = std::map<int64_t, DpEntry>;
+
+// The registry behind POST /register and GET /query. Thread-safe.
+class BootstrapRegistry {
+ public:
+  // InvalidArgument (→ HTTP 400) for a duplicate (dp, tp, pp) or an engine_id that
+  // differs from the one stored for that dp_rank.
+  Status Register(const WorkerInfo& w);
+  BootstrapMap Snapshot() const;
+  // Handles /register and /query; false for other paths (the caller answers those).
+  bool Handle(const http::Request& req, http::Responder& resp);
+
+ private:
+  mutable Mutex mu_;
+  BootstrapMap map_ KVF_GUARDED_BY(mu_);
+};
+
+// JSON of GET /query: {"<dp>": {"engine_id": s, "worker_addr": {"<tp>": {"<pp>": addr}}}}.
+std::string EncodeBootstrapMap(const BootstrapMap& m);
+StatusOr<BootstrapMap> DecodeBootstrapMap(std::string_view json);
+// Parses and validates a /register body.
+StatusOr<WorkerInfo> DecodeWorkerInfo(std::string_view json);
+std::string EncodeWorkerInfo(const WorkerInfo& w);
+
+// A standalone bootstrap server on host:port.
+class BootstrapServer {
+ public:
+  static StatusOr<std::unique_ptr<BootstrapServer>> Start(const std::string& host, uint16_t port);
+  uint16_t port() const { return server_->port(); }
+  BootstrapRegistry& registry() { return registry_; }
+  void Stop() { server_->Stop(); }
+
+ private:
+  BootstrapRegistry registry_;
+  std::unique_ptr<http::Server> server_;
+};
+
+// POST <base_url>/register with up to `attempts` tries, backoff 1 s then 2 s (capped at
+// 10 s), each bounded by `per_call`. The last error when all fail.
+Status RegisterWorker(const std::string& base_url, const WorkerInfo& w, Duration per_call, int attempts = 3,
+                      Duration first_backoff = std::chrono::seconds(1));
+// GET <base_url>/query.
+StatusOr<BootstrapMap> QueryBootstrap(const std::string& base_url, const Deadline& deadline);
+
+}  // namespace kvferry::connector
