@@ -38,31 +38,33 @@ void StringIdMap::Reserve(size_t n) {
   slots_.assign(cap, Slot{});
   size_ = 0;
   for (const Slot& s : old)
-    if (s.id >= 0) Insert(s.key, s.id);
+    if (s.id >= 0) Insert(std::string_view(s.data, s.size), s.id);
 }
 
 bool StringIdMap::Insert(std::string_view key, int32_t id) {
   if ((size_ + 1) * 2 > slots_.size()) Reserve(std::max<size_t>(16, slots_.size()));
   size_t mask = slots_.size() - 1;
-  for (size_t i = HashBytes(key) & mask;; i = (i + 1) & mask) {
+  uint64_t hash = HashBytes(key);
+  uint32_t tag = uint32_t(hash >> 32);
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
     Slot& s = slots_[i];
     if (s.id < 0) {
-      s.key = key;
-      s.id = id;
+      s = {key.data(), uint32_t(key.size()), tag, id};
       ++size_;
       return true;
     }
-    if (s.key == key) return false;
+    if (s.tag == tag && std::string_view(s.data, s.size) == key) return false;
   }
 }
 
-int32_t StringIdMap::Find(std::string_view key) const {
+int32_t StringIdMap::Find(std::string_view key, uint64_t hash) const {
   if (slots_.empty()) return -1;
   size_t mask = slots_.size() - 1;
-  for (size_t i = HashBytes(key) & mask;; i = (i + 1) & mask) {
+  uint32_t tag = uint32_t(hash >> 32);
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
     const Slot& s = slots_[i];
     if (s.id < 0) return -1;
-    if (s.key == key) return s.id;
+    if (s.tag == tag && s.size == key.size() && std::memcmp(s.data, key.data(), key.size()) == 0) return s.id;
   }
 }
 

@@ -10,18 +10,27 @@
 
 namespace kvferry::tokenizer {
 
+uint64_t HashBytes(std::string_view s);
+
 // string -> id, open addressing over string_views the caller keeps alive.
 class StringIdMap {
  public:
   void Reserve(size_t n);
   // Returns false when `key` is already present (the map is unchanged).
   bool Insert(std::string_view key, int32_t id);
-  int32_t Find(std::string_view key) const;  // -1 if absent
+  int32_t Find(std::string_view key) const { return Find(key, HashBytes(key)); }
+  // With a precomputed HashBytes(key); Prefetch(hash) first hides the cache miss in bulk lookups.
+  int32_t Find(std::string_view key, uint64_t hash) const;
+  void Prefetch(uint64_t hash) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[hash & (slots_.size() - 1)]);
+  }
   size_t size() const { return size_; }
 
  private:
   struct Slot {
-    std::string_view key;
+    const char* data = nullptr;
+    uint32_t size = 0;
+    uint32_t tag = 0;  // high bits of the hash: most mismatches never touch the key bytes
     int32_t id = -1;
   };
   std::vector<Slot> slots_;
@@ -49,7 +58,5 @@ class BpeMerges {
 
 // Merges `symbols` in place (ids, one per initial symbol) and appends the result to *out.
 void BpeMergeWord(const BpeMerges& merges, std::vector<int32_t>& symbols, std::vector<int32_t>* out);
-
-uint64_t HashBytes(std::string_view s);
 
 }  // namespace kvferry::tokenizer

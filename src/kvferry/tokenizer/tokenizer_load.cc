@@ -308,34 +308,58 @@ class TokenizerLoader {
       if (t_->unk_id_ < 0) return JsonError("unk_token '" + std::string(unk_token_) + "' is not in the vocab");
     }
 
+    // Merges, in batches: hash and prefetch every lookup of a batch before resolving any, so the
+    // cache misses on the 150k-entry vocab table overlap.
     t_->merges_.Reserve(merges_.size());
+    constexpr int kBatch = 16;
+    struct Pending {
+      std::string_view left, right;
+      std::string merged;
+      uint64_t hl, hr, hm;
+    };
+    std::array<Pending, kBatch> batch;
+    int fill = 0;
     int32_t rank = 0;
-    std::string merged;
+    auto flush = [&]() -> Status {
+      for (int i = 0; i < fill; ++i) {
+        Pending& p = batch[i];
+        int32_t l = t_->vocab_.Find(p.left, p.hl), r = t_->vocab_.Find(p.right, p.hr);
+        int32_t m = t_->vocab_.Find(p.merged, p.hm);
+        if (l < 0 || r < 0 || m < 0) {
+          return JsonError("merge '" + std::string(p.left) + " " + std::string(p.right) + "' uses a token not in the vocab");
+        }
+        t_->merges_.Insert(l, r, rank++, m);
+      }
+      fill = 0;
+      return Status::Ok();
+    };
     for (element e : merges_) {
-      std::string_view left, right, line;
+      Pending& p = batch[fill];
+      std::string_view line;
       array pair;
       if (e.get_string().get(line) == simdjson::SUCCESS) {
         size_t space = line.find(' ');
         if (space == std::string_view::npos || line.find(' ', space + 1) != std::string_view::npos) {
           return JsonError("merge '" + std::string(line) + "' is not two tokens separated by one space");
         }
-        left = line.substr(0, space);
-        right = line.substr(space + 1);
-      } else if (e.get_array().get(pair) == simdjson::SUCCESS && pair.size() == 2 &&
-                 pair.at(0).get_string().get(left) == simdjson::SUCCESS &&
-                 pair.at(1).get_string().get(right) == simdjson::SUCCESS) {
-      } else {
+        p.left = line.substr(0, space);
+        p.right = line.substr(space + 1);
+      } else if (!(e.get_array().get(pair) == simdjson::SUCCESS && pair.size() == 2 &&
+                   pair.at(0).get_string().get(p.left) == simdjson::SUCCESS &&
+                   pair.at(1).get_string().get(p.right) == simdjson::SUCCESS)) {
         return JsonError("a merge is neither \"a b\" nor [\"a\", \"b\"]");
       }
-      int32_t l = t_->vocab_.Find(left), r = t_->vocab_.Find(right);
-      merged.assign(left);
-      merged.append(right);
-      int32_t m = t_->vocab_.Find(merged);
-      if (l < 0 || r < 0 || m < 0) {
-        return JsonError("merge '" + std::string(left) + " " + std::string(right) + "' uses a token not in the vocab");
-      }
-      t_->merges_.Insert(l, r, rank++, m);
+      p.merged.assign(p.left);
+      p.merged.append(p.right);
+      p.hl = HashBytes(p.left);
+      p.hr = HashBytes(p.right);
+      p.hm = HashBytes(p.merged);
+      t_->vocab_.Prefetch(p.hl);
+      t_->vocab_.Prefetch(p.hr);
+      t_->vocab_.Prefetch(p.hm);
+      if (++fill == kBatch) KVF_RETURN_IF_ERROR(flush());
     }
+    KVF_RETURN_IF_ERROR(flush());
 
     t_->raw_matcher_.Build(t_->added_, /*normalized=*/false);
     t_->normalized_matcher_.Build(t_->added_, /*normalized=*/true);
