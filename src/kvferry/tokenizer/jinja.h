@@ -110,7 +110,7 @@ class Template {
 
   struct Limits {
     size_t max_output_bytes = 64 << 20;
-    uint64_t max_steps = 50'000'000;  // loop iterations + node evaluations
+    uint64_t max_steps = 5'000'000;  // loop iterations + node evaluations (a long chat needs ~1e5)
   };
   // Renders with `globals` (a Value of kind object). Thread-safe: rendering never mutates the
   // template.
