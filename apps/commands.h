@@ -9,6 +9,8 @@ class App;
 
 namespace kvferry::apps {
 
+// `kvferry tokenize MODEL_DIR TEXT | --ids 1,2,3 | --chat JSON` (apps/tokenize_cmd.cc).
+void AddTokenizeCommand(CLI::App& app);
 
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();

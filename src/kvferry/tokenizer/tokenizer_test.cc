@@ -176,3 +176,15 @@ TEST(UnicodeTest, SanitizesMaximalSubparts) {
 
 }  // namespace
 }  // namespace kvferry::tokenizer
+
+#include "kvferry/tokenizer/fuzz_util.h"
+
+namespace kvferry::tokenizer {
+namespace {
+TEST(FuzzSupportTest, SmallTokenizerLoads) {
+  auto t = Tokenizer::FromJson(fuzz::SmallTokenizerJson());
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ((*t)->Decode((*t)->Encode("the <|im_end|> 你好")), "the <|im_end|> 你好");
+}
+}  // namespace
+}  // namespace kvferry::tokenizer
