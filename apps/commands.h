@@ -14,6 +14,8 @@ CLI::App& AddBenchCommand(CLI::App& root);
 // `demo`: the main job of the README's quick start.
 void AddDemoCommand(CLI::App& root);
 
+// `kvferry tokenize MODEL_DIR TEXT | --ids 1,2,3 | --chat JSON` (apps/tokenize_cmd.cc).
+void AddTokenizeCommand(CLI::App& app);
 
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     if (!log_level.empty() && kvferry::ParseLogLevel(log_level, &level)) kvferry::SetLogLevel(level);
   });
 
+  kvferry::apps::AddTokenizeCommand(app);
 
   kvferry::apps::AddBenchCommand(app);
   kvferry::apps::AddDemoCommand(app);
