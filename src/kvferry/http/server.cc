@@ -35,10 +35,20 @@ struct Event {
   std::string data;
 };
 
+class Session;
+
+// A Session's address for other threads: valid while `session` is non-null. Channels
+// hold this rather than an executor, so a Responder that outlives the server (and its
+// io_context) never touches freed io objects.
+struct SessionLink {
+  Mutex mu;
+  Session* session KVF_GUARDED_BY(mu) = nullptr;
+};
+
 // Shared by a Responder (any thread) and its connection's coroutine (strand).
 class Channel : public std::enable_shared_from_this<Channel> {
  public:
-  Channel(Strand strand, asio::steady_timer* timer) : strand_(std::move(strand)), timer_(timer) {}
+  explicit Channel(std::shared_ptr<SessionLink> link) : link_(std::move(link)) {}
 
   // False if the response is already complete or the client gone.
   bool Push(Event e, bool final) {
@@ -75,11 +85,6 @@ class Channel : public std::enable_shared_from_this<Channel> {
     }
     if (cb) cb();
   }
-  // The session ends: detach from its timer (it is about to be destroyed).
-  void Detach() {
-    MutexLock l(mu_);
-    detached_ = true;
-  }
   bool gone() const {
     MutexLock l(mu_);
     return gone_;
@@ -102,22 +107,16 @@ class Channel : public std::enable_shared_from_this<Channel> {
     }
     cb();
   }
-  void Wake() {
-    // The timer belongs to the strand; cancel it there. `self` keeps us alive.
-    asio::post(strand_, [self = shared_from_this()] {
-      MutexLock l(self->mu_);
-      if (!self->detached_) self->timer_->cancel();
-    });
-  }
+  // Wakes the session's Drive loop (defined after Session). A wake that lands after
+  // the response is done only costs the next wait one spurious loop.
+  void Wake();
 
  private:
-  Strand strand_;
-  asio::steady_timer* const timer_;  // owned by the session; valid until Detach()
+  const std::shared_ptr<SessionLink> link_;
   mutable Mutex mu_;
   std::deque<Event> events_ KVF_GUARDED_BY(mu_);
   bool finished_ KVF_GUARDED_BY(mu_) = false;
   bool gone_ KVF_GUARDED_BY(mu_) = false;
-  bool detached_ KVF_GUARDED_BY(mu_) = false;
   size_t pending_ KVF_GUARDED_BY(mu_) = 0;
   std::function<void()> on_gone_ KVF_GUARDED_BY(mu_);
 };
@@ -179,11 +178,21 @@ class ServerImpl;
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(ServerImpl* server, tcp::socket socket, Strand strand)
-      : server_(server), stream_(std::move(socket)), strand_(std::move(strand)), timer_(strand_) {}
+      : server_(server), stream_(std::move(socket)), strand_(std::move(strand)), timer_(strand_),
+        link_(std::make_shared<SessionLink>()) {
+    MutexLock l(link_->mu);
+    link_->session = this;
+  }
   // A session torn down with a response in flight (server stopped) tells its stream.
   ~Session() {
+    {
+      MutexLock l(link_->mu);
+      link_->session = nullptr;
+    }
     if (current_) current_->MarkGone();
   }
+  const Strand& strand() const { return strand_; }
+  asio::steady_timer& timer() { return timer_; }
   awaitable<void> Run();
   void Close() {
     asio::post(strand_, [self = shared_from_this()] {
@@ -202,8 +211,18 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   Strand strand_;
   asio::steady_timer timer_;
+  std::shared_ptr<SessionLink> link_;
   std::shared_ptr<Channel> current_;  // the response being driven, if any
 };
+
+void Channel::Wake() {
+  MutexLock l(link_->mu);
+  if (link_->session == nullptr) return;
+  asio::post(link_->session->strand(), [link = link_] {
+    MutexLock l(link->mu);
+    if (link->session != nullptr) link->session->timer().cancel();
+  });
+}
 
 class ServerImpl final : public Server {
  public:
@@ -475,7 +494,7 @@ awaitable<void> Session::Run() {
     req.body = std::move(msg.body());
     req.remote = remote;
     bool keep_alive = msg.keep_alive();
-    auto ch = std::make_shared<Channel>(strand_, &timer_);
+    auto ch = std::make_shared<Channel>(link_);
     {
       auto responder = std::make_shared<ResponderImpl>(ch);
       try {
@@ -486,7 +505,6 @@ awaitable<void> Session::Run() {
     }
     current_ = ch;
     bool ok = co_await Drive(ch, keep_alive);
-    ch->Detach();
     current_.reset();
     if (!ok || !keep_alive) break;
   }
