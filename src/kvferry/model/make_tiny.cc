@@ -377,10 +377,13 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
   const int64_t H = c.hidden_size, hd = c.head_dim, qd = c.num_heads * hd,
                 kvd = c.num_kv_heads * hd, I = c.intermediate_size;
   std::vector<TensorSpec> specs;
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, 0.0f, std::sqrt(3.0f)});
+  // Tied embeddings get a small std: the residual branches then dominate the final hidden
+  // state, which otherwise stays close to the input embedding, whose own logit would win.
+  const float embed_std = c.tie_word_embeddings ? 0.3f : 1.0f;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, 0.0f, std::sqrt(3.0f) * embed_std});
   const float out_scale = 2.0f / std::sqrt(static_cast<float>(H));  // logit std ~2
   if (c.tie_word_embeddings) {
-    specs.push_back(Vec("model.norm.weight", H, out_scale, 0.5f * out_scale));
+    specs.push_back(Vec("model.norm.weight", H, out_scale / embed_std, 0.5f * out_scale / embed_std));
   } else {
     specs.push_back(Vec("model.norm.weight", H, 1.0f, 0.5f));
     specs.push_back({"lm_head.weight", {c.vocab_size, H}, 0.0f, std::sqrt(3.0f) * out_scale});
@@ -399,7 +402,8 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
     if (c.qkv_bias) {
       specs.push_back(Vec(p + "self_attn.q_proj.bias", qd, 0.0f, 0.8f));
       specs.push_back(Vec(p + "self_attn.k_proj.bias", kvd, 0.0f, 0.8f));
-      specs.push_back(Vec(p + "self_attn.v_proj.bias", kvd, 0.0f, 0.8f));
+      // A large v bias would add the same vector to every position's residual stream.
+      specs.push_back(Vec(p + "self_attn.v_proj.bias", kvd, 0.0f, 0.1f));
     }
     if (c.qk_norm) {
       specs.push_back(Vec(p + "self_attn.q_norm.weight", hd, 1.0f, 0.5f));
