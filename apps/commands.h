@@ -9,6 +9,11 @@ class App;
 
 namespace kvferry::apps {
 
+// `kvferry model ...` (model_cmd.cc).
+void AddModelCommand(CLI::App& app);
+// `kvferry bench model` and `kvferry bench membw`, added to the `bench` subcommand
+// (bench_model_cmd.cc).
+void AddModelBenchCommands(CLI::App& bench);
 
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();

@@ -30,6 +30,12 @@ int main(int argc, char** argv) {
     if (!log_level.empty() && kvferry::ParseLogLevel(log_level, &level)) kvferry::SetLogLevel(level);
   });
 
+  kvferry::apps::AddModelCommand(app);
+  // TODO(merge): the shared `bench` subcommand (bench_cmd.cc on main) should call
+  // AddModelBenchCommands on itself; until then this branch registers its own.
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
+  bench->require_subcommand(1);
+  kvferry::apps::AddModelBenchCommands(*bench);
 
   CLI11_PARSE(app, argc, argv);
   return kvferry::apps::ExitCode();
