@@ -45,6 +45,11 @@ struct Compute::Impl {
   }
 
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    if (n == 1 || size() == 1) {  // not worth waking the team (decode steps)
+      fn(0, n);
+      return;
+    }
     const int nt = size();
     team->Run([&](int t) {
       const int64_t b = n * t / nt, e = n * (t + 1) / nt;
