@@ -41,7 +41,7 @@ struct KernelTable {
   void (*rope)(float* x, int64_t num_heads, int64_t head_dim, const float* cos, const float* sin);
   void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
   void (*add)(float* y, const float* x, int64_t n);
-  // y[i] = y[i] * a + x[i] * b.
+  // y[i] = y[i] * a + x[i] * b (x may alias y).
   void (*scale_add)(float* y, float a, const float* x, float b, int64_t n);
   // Reads [p, p + bytes) (bytes a multiple of 64); returns a value that depends on every byte.
   uint64_t (*read_sum)(const void* p, size_t bytes);
