@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -51,6 +52,18 @@ struct Model::Impl {
   std::vector<int64_t> pos;
   std::vector<int32_t> tok;
 
+  // Tensors whose data is not aligned to their element size (a header not padded to 8
+  // bytes) are copied here; all others are used in place.
+  std::vector<std::unique_ptr<uint64_t[]>> copies;
+
+  // t.data, or an aligned copy of it.
+  const void* Aligned(const TensorView& t) {
+    if (reinterpret_cast<uintptr_t>(t.data) % kernels::DTypeSize(t.dtype) == 0) return t.data;
+    copies.emplace_back(new uint64_t[(t.bytes + 7) / 8]);
+    std::memcpy(copies.back().get(), t.data, t.bytes);
+    return copies.back().get();
+  }
+
   Status LoadTensors(const LoadOptions& options, const std::string& dir);
   StatusOr<Matrix> GetMatrix(const std::string& name, int64_t rows, int64_t cols,
                              std::vector<const void*>* regions, std::vector<uint64_t>* sizes);
@@ -61,6 +74,7 @@ StatusOr<Matrix> Model::Impl::GetMatrix(const std::string& name, int64_t rows, i
                                         std::vector<const void*>* regions,
                                         std::vector<uint64_t>* sizes) {
   KVF_ASSIGN_OR_RETURN(TensorView t, weights->Get(name, {rows, cols}));
+  t.data = Aligned(t);
   regions->push_back(t.data);
   sizes->push_back(t.bytes);
   return Matrix{t.data, t.dtype, rows, cols};
@@ -68,6 +82,7 @@ StatusOr<Matrix> Model::Impl::GetMatrix(const std::string& name, int64_t rows, i
 
 StatusOr<std::vector<float>> Model::Impl::GetVector(const std::string& name, int64_t n) {
   KVF_ASSIGN_OR_RETURN(TensorView t, weights->Get(name, {n}));
+  t.data = Aligned(t);
   std::vector<float> out(n);
   kernels::ConvertToF32(t.data, t.dtype, n, out.data());
   return out;
