@@ -9,7 +9,7 @@
 //  - bf16 weights, bf16 KV cache, vs. the f32 reference on the same (bf16-exact) weights:
 //    |logit - ref| <= 0.05 * (std of the reference logits at that position); at logit std 0.6
 //    that is 3e-2 absolute. (Our test models have logit std ~2.)
-//  - greedy decoding, 32 steps: the same tokens as the reference, except that the first
+//  - greedy decoding, 32 steps after prompts of 1, 17 and 100 tokens: the same tokens as the reference, except that the first
 //    difference may come at a step whose reference top-2 margin is below 0.05 (a near tie);
 //    comparison stops there.
 // The models are made so that this means something: logits are spread out (std > 1), greedy
@@ -43,6 +43,9 @@ using nlohmann::json;
 
 constexpr int kGreedySteps = 32;
 const int kPromptLens[] = {1, 7, 16, 17, 100};
+// Greedy continuations are compared for these prompt lengths (the reference recomputes the
+// whole sequence at every step, so this keeps the test quick).
+bool IsGreedyLen(int n) { return n == 1 || n == 17 || n == 100; }
 const Architecture kArchs[] = {Architecture::kQwen2, Architecture::kLlama, Architecture::kQwen3};
 
 struct RefResult {
@@ -94,7 +97,7 @@ class ReferenceTest : public ::testing::Test {
           cases.push_back({{"key", Key(arch, dt, n, "normal")},
                            {"model_dir", md},
                            {"tokens", Prompt(n, n)},
-                           {"greedy_steps", kGreedySteps}});
+                           {"greedy_steps", IsGreedyLen(n) ? kGreedySteps : 0}});
         }
         if (dt == DType::kF32) {
           for (const char* v : {"rope_interleaved", "gqa_modulo"})
@@ -278,6 +281,7 @@ TEST_F(ReferenceTest, GreedyAgreesF32AndBf16) {
       auto m = Load(arch, dt);
       ASSERT_NE(m, nullptr);
       for (int n : kPromptLens) {
+        if (!IsGreedyLen(n)) continue;
         const auto ours = Greedy(*m, Prompt(n, n), dt);
         ExpectGreedyAgrees(ours, Ref(Key(arch, dt, n, "normal")),
                            ArchKey(arch) + " " + kernels::DTypeName(dt) + " n=" + std::to_string(n));
