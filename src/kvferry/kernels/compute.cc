@@ -33,6 +33,7 @@ struct Compute::Impl {
   Isa isa = Isa::kScalar;
   const KernelTable* table = nullptr;
   std::unique_ptr<GemmLibrary> lib;
+  bool bf16_gemm = false;  // activations to bf16 + oneDNN bf16 matmul for bf16 weights
   std::unique_ptr<ThreadTeam> team;
   std::vector<std::vector<float>> scratch;  // per thread
   std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
@@ -124,7 +125,7 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
   for (const auto& o : outs) all_bf16 = all_bf16 && o.w.dtype == DType::kBF16;
   const int64_t k = outs[0].w.cols;
 
-  if (lib != nullptr && isa >= Isa::kAvx512Bf16 && all_bf16) {
+  if (lib != nullptr && bf16_gemm && all_bf16) {
     // Native bf16 (AVX512-BF16 / AMX): x to bf16 once, weights used in place.
     x_bf16.resize(static_cast<size_t>(m * k));
     ParallelFor(m, [&](int64_t b, int64_t e) {
@@ -263,6 +264,7 @@ StatusOr<std::unique_ptr<Compute>> Compute::Create(const ComputeOptions& options
   impl->isa = std::min(DetectIsa(), options.max_isa);
   impl->table = &TableFor(impl->isa);
   if (options.use_gemm_library) impl->lib = GemmLibrary::Create(n);
+  impl->bf16_gemm = impl->isa >= Isa::kAvx512Bf16 || options.force_bf16_gemm;
   impl->team = std::make_unique<ThreadTeam>(n);
   impl->scratch.resize(n);
   return std::unique_ptr<Compute>(new Compute(std::move(impl)));
@@ -276,7 +278,7 @@ std::string Compute::Describe() const {
                   " threads=" + std::to_string(impl_->size()) + " gemm=";
   if (impl_->lib == nullptr) {
     s += "built-in f32";
-  } else if (impl_->isa >= Isa::kAvx512Bf16) {
+  } else if (impl_->bf16_gemm) {
     s += "oneDNN bf16";
   } else {
     s += "oneDNN f32 (bf16/f16 weights widened per tile)";

@@ -117,6 +117,9 @@ struct ComputeOptions {
   Isa max_isa = Isa::kAmxBf16;
   // Use the GEMM library (oneDNN) for large products when it is compiled in.
   bool use_gemm_library = true;
+  // Tests: take the native-bf16 GEMM path (activations rounded to bf16) even on CPUs without
+  // AVX512-BF16, where oneDNN emulates it slowly. Ignored without the GEMM library.
+  bool force_bf16_gemm = false;
 };
 
 // A team of threads and the per-thread scratch that the big kernels need.

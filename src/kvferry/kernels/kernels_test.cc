@@ -173,6 +173,28 @@ TEST(MatMul, FusedOutputsMatchReference) {
   }
 }
 
+TEST(MatMul, Bf16GemmPathRoundsActivationsOnly) {
+  if (!HaveGemmLibrary()) GTEST_SKIP() << "built without oneDNN";
+  std::mt19937 rng(9);
+  auto c = Compute::Create({.num_threads = 2, .force_bf16_gemm = true});
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE((*c)->Describe().find("oneDNN bf16"), std::string::npos);
+  const int64_t m = 40, k = 96, n = 70;
+  auto x = Random(m * k, rng);
+  std::vector<float> we;
+  auto wb = Store(Random(n * k, rng), DType::kBF16, &we);
+  auto bias = Random(n, rng);
+  std::vector<float> y(m * n);
+  MatMulOutput o{{wb.data(), DType::kBF16, n, k}, bias.data(), y.data(), n};
+  (*c)->MatMul(x.data(), m, k, {&o, 1});
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = bias[j];
+      for (int64_t cc = 0; cc < k; ++cc) ref += double(RoundToBf16(x[r * k + cc])) * we[j * k + cc];
+      ASSERT_NEAR(y[r * n + j], ref, 1e-3) << r << "," << j;
+    }
+}
+
 TEST(Ops, RmsNormRopeSiluAdd) {
   std::mt19937 rng(4);
   for (Isa isa : Levels()) {
