@@ -16,6 +16,11 @@ void AddDemoCommand(CLI::App& root);
 
 // `kvferry tokenize MODEL_DIR TEXT | --ids 1,2,3 | --chat JSON` (apps/tokenize_cmd.cc).
 void AddTokenizeCommand(CLI::App& app);
+// `kvferry model ...` (model_cmd.cc).
+void AddModelCommand(CLI::App& app);
+// `kvferry bench model` and `kvferry bench membw`, added to the `bench` subcommand
+// (bench_model_cmd.cc).
+void AddModelBenchCommands(CLI::App& bench);
 
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();

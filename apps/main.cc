@@ -31,8 +31,10 @@ int main(int argc, char** argv) {
   });
 
   kvferry::apps::AddTokenizeCommand(app);
+  kvferry::apps::AddModelCommand(app);
 
-  kvferry::apps::AddBenchCommand(app);
+  CLI::App& bench = kvferry::apps::AddBenchCommand(app);
+  kvferry::apps::AddModelBenchCommands(bench);
   kvferry::apps::AddDemoCommand(app);
 
   CLI11_PARSE(app, argc, argv);

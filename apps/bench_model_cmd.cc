@@ -1,0 +1,201 @@
+// `kvferry bench model` (prefill/decode tokens per second with the decode roofline measured
+// in the same run) and `kvferry bench membw` (memory read bandwidth).
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "kvferry/base/base.h"
+#include "kvferry/kernels/kernels.h"
+#include "kvferry/model/model.h"
+
+namespace kvferry::apps {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double MeasureMembw(int threads, size_t bytes, int reps) {
+  auto c = kernels::Compute::Create({.num_threads = threads});
+  return c.ok() ? (*c)->MeasureReadBandwidth(bytes, reps) : 0;
+}
+
+struct ModelArgs {
+  std::string dir, kv_dtype = "bf16";
+  int64_t prompt_len = 512, gen_len = 128, batch = 1, chunk = 0;
+  int threads = 0, warmup = 1;
+  bool json = false;
+};
+
+int RunModelBench(const ModelArgs& a) {
+  if (a.prompt_len < 1 || a.gen_len < 0 || a.batch < 1) {
+    std::fprintf(stderr, "kvferry bench model: bad lengths\n");
+    return 2;
+  }
+  auto loaded = model::Model::Load(a.dir, {.num_threads = a.threads, .show_progress = !a.json});
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "kvferry bench model: %s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  model::Model& m = **loaded;
+  const model::ModelConfig& c = m.config();
+  const kernels::DType kvdt = *kernels::ParseDType(a.kv_dtype);
+  const int64_t bs = 16;
+  const int64_t per_seq = (a.prompt_len + a.gen_len + bs - 1) / bs;
+  auto cache = m.CreateKvCache({.num_blocks = per_seq * a.batch, .block_size = bs, .dtype = kvdt});
+  if (!cache.ok()) {
+    std::fprintf(stderr, "kvferry bench model: %s\n", cache.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<std::vector<int32_t>> tables(a.batch), prompts(a.batch);
+  std::mt19937 rng(1234);
+  for (int64_t s = 0; s < a.batch; ++s) {
+    for (int64_t b = 0; b < per_seq; ++b) tables[s].push_back(static_cast<int32_t>(s * per_seq + b));
+    for (int64_t i = 0; i < a.prompt_len; ++i)
+      prompts[s].push_back(static_cast<int32_t>(rng() % std::min<int64_t>(c.vocab_size, 32000)));
+  }
+  const int64_t chunk = a.chunk > 0 ? a.chunk : a.prompt_len;
+  model::ForwardOutput out;
+  auto prefill = [&]() -> Status {
+    for (int64_t p = 0; p < a.prompt_len; p += chunk) {
+      const int64_t n = std::min(chunk, a.prompt_len - p);
+      std::vector<model::SequenceInput> batch;
+      for (int64_t s = 0; s < a.batch; ++s)
+        batch.push_back({std::span<const int32_t>(prompts[s].data() + p, n), p, tables[s], false});
+      KVF_RETURN_IF_ERROR(m.Forward(batch, **cache, &out));
+    }
+    return Status::Ok();
+  };
+  for (int w = 0; w < a.warmup; ++w) {
+    Status st = prefill();
+    if (!st.ok()) {
+      std::fprintf(stderr, "kvferry bench model: %s\n", st.ToString().c_str());
+      return 1;
+    }
+  }
+  const int threads = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const double membw = MeasureMembw(threads, size_t{1} << 30, 5);
+
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = prefill();
+  const double prefill_s = Seconds(t0);
+  if (!st.ok()) {
+    std::fprintf(stderr, "kvferry bench model: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  std::vector<int32_t> next(a.batch);
+  for (int64_t s = 0; s < a.batch; ++s) {
+    auto row = out.Row(s);
+    next[s] = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+  }
+  t0 = std::chrono::steady_clock::now();
+  for (int64_t g = 0; g < a.gen_len; ++g) {
+    std::vector<model::SequenceInput> batch;
+    for (int64_t s = 0; s < a.batch; ++s)
+      batch.push_back({std::span<const int32_t>(&next[s], 1), a.prompt_len + g, tables[s], false});
+    st = m.Forward(batch, **cache, &out);
+    if (!st.ok()) {
+      std::fprintf(stderr, "kvferry bench model: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    for (int64_t s = 0; s < a.batch; ++s) {
+      auto row = out.Row(s);
+      next[s] = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+    }
+  }
+  const double decode_s = Seconds(t0);
+  const double prefill_tok_s = a.batch * a.prompt_len / prefill_s;
+  const double decode_tok_s = a.gen_len > 0 ? a.batch * a.gen_len / decode_s : 0;
+  // Bytes one decode step reads: the weights once, plus each sequence's KV (mean context).
+  const double kv_token_bytes = static_cast<double>(c.num_layers * 2 * c.num_kv_heads * c.head_dim) *
+                                kernels::DTypeSize(kvdt);
+  const double step_bytes = static_cast<double>(m.decode_weight_bytes()) +
+                            a.batch * kv_token_bytes * (a.prompt_len + a.gen_len / 2.0);
+  const double roofline = membw > 0 ? a.batch * membw * 1e9 / step_bytes : 0;
+  if (a.json) {
+    nlohmann::json j = {{"model", a.dir},
+                        {"engine", m.Describe()},
+                        {"threads", threads},
+                        {"batch", a.batch},
+                        {"prompt_len", a.prompt_len},
+                        {"gen_len", a.gen_len},
+                        {"kv_dtype", a.kv_dtype},
+                        {"prefill_s", prefill_s},
+                        {"decode_s", decode_s},
+                        {"prefill_tok_s", prefill_tok_s},
+                        {"decode_tok_s", decode_tok_s},
+                        {"membw_gbps", membw},
+                        {"decode_step_bytes", step_bytes},
+                        {"decode_roofline_tok_s", roofline},
+                        {"decode_vs_roofline", roofline > 0 ? decode_tok_s / roofline : 0}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("model:    %s\n", m.Describe().c_str());
+    std::printf("prefill:  %lld x %lld tokens in %.3f s = %.1f tok/s\n",
+                static_cast<long long>(a.batch), static_cast<long long>(a.prompt_len), prefill_s,
+                prefill_tok_s);
+    std::printf("decode:   %lld x %lld tokens in %.3f s = %.2f tok/s\n",
+                static_cast<long long>(a.batch), static_cast<long long>(a.gen_len), decode_s,
+                decode_tok_s);
+    std::printf("membw:    %.1f GB/s read; %.1f MB per decode step -> roofline %.2f tok/s; "
+                "decode at %.0f%% of it\n",
+                membw, step_bytes / 1e6, roofline, roofline > 0 ? 100 * decode_tok_s / roofline : 0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddModelBenchCommands(CLI::App& bench) {
+  auto ma = std::make_shared<ModelArgs>();
+  CLI::App* mb = bench.add_subcommand("model", "Prefill and decode tokens/s of a model directory");
+  mb->add_option("MODEL_DIR", ma->dir, "HF model directory")->required();
+  mb->add_option("--prompt-len", ma->prompt_len, "Prompt tokens per sequence (default 512)");
+  mb->add_option("--gen-len", ma->gen_len, "Decode steps (default 128)");
+  mb->add_option("--batch", ma->batch, "Sequences (default 1)");
+  mb->add_option("--threads", ma->threads, "Compute threads (default: all cores)");
+  mb->add_option("--chunk", ma->chunk, "Prefill chunk size (default: the whole prompt)");
+  mb->add_option("--kv-dtype", ma->kv_dtype, "KV cache dtype: bf16 | f32 (default bf16)")
+      ->check(CLI::IsMember({"bf16", "f32", "f16"}));
+  mb->add_option("--warmup", ma->warmup, "Untimed prefill runs first (default 1)");
+  mb->add_flag("--json", ma->json, "Print one JSON object");
+  mb->callback([ma] { ExitCode() = RunModelBench(*ma); });
+
+  struct MembwArgs {
+    int threads = 0, reps = 10;
+    std::string size = "1GiB";
+    bool json = false;
+  };
+  auto wa = std::make_shared<MembwArgs>();
+  CLI::App* mw = bench.add_subcommand("membw", "Memory read bandwidth (all threads, best of reps)");
+  mw->add_option("--threads", wa->threads, "Threads (default: all cores)");
+  mw->add_option("--size", wa->size, "Bytes to read per rep (default 1GiB)");
+  mw->add_option("--reps", wa->reps, "Repetitions (default 10)");
+  mw->add_flag("--json", wa->json, "Print one JSON object");
+  mw->callback([wa] {
+    auto bytes = ParseByteSize(wa->size);
+    if (!bytes.ok()) {
+      std::fprintf(stderr, "kvferry bench membw: %s\n", bytes.status().ToString().c_str());
+      ExitCode() = 2;
+      return;
+    }
+    const int threads = wa->threads > 0 ? wa->threads : static_cast<int>(std::thread::hardware_concurrency());
+    const double gbps = MeasureMembw(threads, static_cast<size_t>(*bytes), wa->reps);
+    if (wa->json) {
+      std::printf("%s\n", nlohmann::json({{"gbps", gbps}, {"threads", threads}, {"bytes", *bytes}})
+                              .dump()
+                              .c_str());
+    } else {
+      std::printf("memory read bandwidth: %.1f GB/s (%d threads)\n", gbps, threads);
+    }
+    ExitCode() = gbps > 0 ? 0 : 1;
+  });
+}
+
+}  // namespace kvferry::apps

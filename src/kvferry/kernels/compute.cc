@@ -1,0 +1,364 @@
+// Compute: the thread team and the multi-threaded kernels (MatMul, PagedAttention, bandwidth).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "kvferry/kernels/gemm_library.h"
+#include "kvferry/kernels/kernel_table.h"
+#include "kvferry/kernels/kernels.h"
+#include "kvferry/kernels/thread_team.h"
+
+namespace kvferry::kernels {
+namespace {
+
+// Up to this many x rows a MatMul streams the weights (GEMV); above it, GEMM.
+constexpr int64_t kGemvMaxM = 16;
+// Weight rows per GEMV block: 4 x-row groups reuse the block from L1/L2.
+constexpr int64_t kGemvBlock = 64;
+// Weight rows per GEMM tile (converted to f32 in per-thread scratch when not f32).
+constexpr int64_t kGemmTile = 128;
+// Query tokens per attention work item.
+constexpr int64_t kQueryTile = 16;
+
+}  // namespace
+
+struct Compute::Impl {
+  Isa isa = Isa::kScalar;
+  const KernelTable* table = nullptr;
+  std::unique_ptr<GemmLibrary> lib;
+  bool bf16_gemm = false;  // activations to bf16 + oneDNN bf16 matmul for bf16 weights
+  std::unique_ptr<ThreadTeam> team;
+  std::vector<std::vector<float>> scratch;  // per thread
+  std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
+
+  int size() const { return team->size(); }
+
+  float* Scratch(int t, size_t n) {
+    if (scratch[t].size() < n) scratch[t].resize(n);
+    return scratch[t].data();
+  }
+
+  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    if (n == 1 || size() == 1) {  // not worth waking the team (decode steps)
+      fn(0, n);
+      return;
+    }
+    const int nt = size();
+    team->Run([&](int t) {
+      const int64_t b = n * t / nt, e = n * (t + 1) / nt;
+      if (b < e) fn(b, e);
+    });
+  }
+
+  void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g,
+                     int64_t i0, int64_t i1);
+};
+
+namespace {
+
+void AddBias(const float* bias, int64_t m, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (bias == nullptr) return;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = n0; j < n1; ++j) y[r * ldy + j] += bias[j];
+}
+
+int64_t Ldy(const MatMulOutput& o) { return o.ldy != 0 ? o.ldy : o.w.rows; }
+
+// Maps a global row index over the concatenated outputs to (output, row).
+struct RowCursor {
+  std::span<const MatMulOutput> outs;
+  void Split(int64_t g, size_t* o, int64_t* row) const {
+    size_t i = 0;
+    while (i + 1 < outs.size() && g >= outs[i].w.rows) g -= outs[i++].w.rows;
+    *o = i;
+    *row = g;
+  }
+};
+
+}  // namespace
+
+void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx,
+                             std::span<const MatMulOutput> outs) {
+  int64_t total = 0;
+  for (const auto& o : outs) total += o.w.rows;
+  const int nt = size();
+  const RowCursor cursor{outs};
+  team->Run([&](int t) {
+    // Split in units of 4 rows so that the 4-row kernel blocks stay whole.
+    const int64_t units = (total + 3) / 4;
+    int64_t b = units * t / nt * 4, e = units * (t + 1) / nt * 4;
+    if (e > total) e = total;
+    while (b < e) {
+      size_t oi;
+      int64_t row;
+      cursor.Split(b, &oi, &row);
+      const MatMulOutput& o = outs[oi];
+      const int64_t rend = std::min(o.w.rows, row + (e - b));
+      const int64_t ldy = Ldy(o);
+      for (int64_t jb = row; jb < rend; jb += kGemvBlock) {
+        const int64_t je = std::min(rend, jb + kGemvBlock);
+        for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
+          table->gemv(x + r0 * ldx, std::min(kGemvMaxRows, m - r0), ldx, o.w.data, o.w.dtype,
+                      o.w.cols, jb, je, o.y + r0 * ldy, ldy);
+        }
+      }
+      AddBias(o.bias, m, row, rend, o.y, ldy);
+      b += rend - row;
+    }
+  });
+}
+
+void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
+                             std::span<const MatMulOutput> outs) {
+  const int nt = size();
+  bool all_bf16 = true;
+  for (const auto& o : outs) all_bf16 = all_bf16 && o.w.dtype == DType::kBF16;
+  const int64_t k = outs[0].w.cols;
+
+  if (lib != nullptr && bf16_gemm && all_bf16) {
+    // Native bf16 (AVX512-BF16 / AMX): x to bf16 once, weights used in place.
+    x_bf16.resize(static_cast<size_t>(m * k));
+    ParallelFor(m, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) table->from_f32(x + r * ldx, k, DType::kBF16, &x_bf16[r * k]);
+    });
+    std::atomic<bool> failed{false};
+    team->Run([&](int t) {
+      for (const auto& o : outs) {
+        const int64_t n0 = o.w.rows * t / nt, n1 = o.w.rows * (t + 1) / nt;
+        if (n0 >= n1) continue;
+        const uint16_t* w = static_cast<const uint16_t*>(o.w.data) + n0 * k;
+        if (!lib->MatMulBf16(t, x_bf16.data(), m, k, w, n1 - n0, k, o.y + n0, Ldy(o))) {
+          failed = true;
+          continue;
+        }
+        AddBias(o.bias, m, n0, n1, o.y, Ldy(o));
+      }
+    });
+    if (!failed) return;
+    // Fall through: recompute everything with the f32 path.
+  }
+
+  // f32 GEMM on weight tiles converted to f32.
+  std::vector<std::pair<size_t, int64_t>> tiles;  // (output, first row)
+  for (size_t i = 0; i < outs.size(); ++i)
+    for (int64_t r = 0; r < outs[i].w.rows; r += kGemmTile) tiles.emplace_back(i, r);
+  const int64_t ntiles = static_cast<int64_t>(tiles.size());
+  team->Run([&](int t) {
+    const int64_t tb = ntiles * t / nt, te = ntiles * (t + 1) / nt;
+    for (int64_t ti = tb; ti < te; ++ti) {
+      const MatMulOutput& o = outs[tiles[ti].first];
+      const int64_t n0 = tiles[ti].second, n1 = std::min(o.w.rows, n0 + kGemmTile);
+      const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
+      const char* wsrc = static_cast<const char*>(o.w.data) + n0 * k * esize;
+      float* buf = Scratch(t, static_cast<size_t>(kGemmTile * k + 16 * k));
+      const float* wf;
+      if (o.w.dtype == DType::kF32) {
+        wf = reinterpret_cast<const float*>(wsrc);
+      } else {
+        table->to_f32(wsrc, o.w.dtype, (n1 - n0) * k, buf);
+        wf = buf;
+      }
+      const int64_t ldy = Ldy(o);
+      if (lib == nullptr || !lib->MatMulF32(t, x, m, ldx, wf, n1 - n0, k, o.y + n0, ldy))
+        table->gemm_f32(x, m, ldx, wf, k, n1 - n0, o.y + n0, ldy, buf + kGemmTile * k);
+      AddBias(o.bias, m, n0, n1, o.y, ldy);
+    }
+  });
+}
+
+void Compute::Impl::AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq,
+                                  int64_t g, int64_t i0, int64_t i1) {
+  const int64_t hd = a.head_dim;
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  const int64_t ldq = a.num_heads * hd;
+  const int64_t rows = (i1 - i0) * group;
+  const int64_t c = kKeyChunk;
+  // Scratch: q [rows][hd], out [rows][hd], s [rows][c], kt [hd][c], v [c][hd], mx, sum, tmp.
+  float* q = Scratch(t, static_cast<size_t>(2 * rows * hd + rows * c + 2 * hd * c + 2 * rows + hd));
+  float* out = q + rows * hd;
+  float* s = out + rows * hd;
+  float* kt = s + rows * c;
+  float* v = kt + hd * c;
+  float* mx = v + c * hd;
+  float* sum = mx + rows;
+  float* tmp = sum + rows;
+  for (int64_t i = i0; i < i1; ++i)
+    std::memcpy(q + (i - i0) * group * hd, a.q + (seq.row0 + i) * ldq + g * group * hd,
+                sizeof(float) * group * hd);
+  std::memset(out, 0, sizeof(float) * rows * hd);
+  for (int64_t r = 0; r < rows; ++r) {
+    mx[r] = -std::numeric_limits<float>::infinity();
+    sum[r] = 0;
+  }
+  const int64_t nkeys = seq.start_pos + i1;
+  const int64_t esize = static_cast<int64_t>(DTypeSize(a.kv.dtype));
+  const char* base = static_cast<const char*>(a.kv.base);
+  for (int64_t c0 = 0; c0 < nkeys; c0 += c) {
+    const int64_t nc = std::min(c, nkeys - c0);
+    for (int64_t l = 0; l < c; ++l) {
+      if (l < nc) {
+        const int64_t p = c0 + l;
+        const char* blk = base + static_cast<int64_t>(seq.block_table[p / a.kv.block_size]) *
+                                     a.kv.block_bytes;
+        const int64_t slot = p % a.kv.block_size;
+        const int64_t off = g * a.kv.head_stride + slot * hd;
+        table->to_f32(blk + (a.kv.k_offset + off) * esize, a.kv.dtype, hd, tmp);
+        for (int64_t d = 0; d < hd; ++d) kt[d * c + l] = tmp[d];
+        table->to_f32(blk + (a.kv.v_offset + off) * esize, a.kv.dtype, hd, v + l * hd);
+      } else {
+        for (int64_t d = 0; d < hd; ++d) kt[d * c + l] = 0;
+        std::memset(v + l * hd, 0, sizeof(float) * hd);
+      }
+    }
+    table->attn_scores(q, rows, hd, hd, kt, a.scale, s);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t pos = seq.start_pos + i0 + r / group;  // the query's position
+      float* sr = s + r * c;
+      float m_new = mx[r];
+      for (int64_t l = 0; l < c; ++l) {
+        if (c0 + l > pos || l >= nc) sr[l] = -std::numeric_limits<float>::infinity();
+        m_new = std::max(m_new, sr[l]);
+      }
+      for (int64_t l = 0; l < c; ++l) sr[l] -= m_new;
+      if (m_new != mx[r]) {
+        const float alpha = std::exp(mx[r] - m_new);
+        sum[r] *= alpha;
+        table->scale_add(out + r * hd, alpha, out + r * hd, 0.0f, hd);
+        mx[r] = m_new;
+      }
+    }
+    table->exp_inplace(s, rows * c);
+    for (int64_t r = 0; r < rows; ++r) {
+      float ps = 0;
+      for (int64_t l = 0; l < c; ++l) ps += s[r * c + l];
+      sum[r] += ps;
+    }
+    table->attn_pv(s, rows, v, hd, out);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r / group, h = g * group + r % group;
+    float* dst = a.out + (seq.row0 + i) * ldq + h * hd;
+    const float inv = 1.0f / sum[r];
+    for (int64_t d = 0; d < hd; ++d) dst[d] = out[r * hd + d] * inv;
+  }
+}
+
+Compute::Compute(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Compute::~Compute() = default;
+
+StatusOr<std::unique_ptr<Compute>> Compute::Create(const ComputeOptions& options) {
+  int n = options.num_threads;
+  if (n < 0 || n > 1024) return InvalidArgumentError("num_threads must be in [0, 1024]");
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  auto impl = std::make_unique<Impl>();
+  impl->isa = std::min(DetectIsa(), options.max_isa);
+  impl->table = &TableFor(impl->isa);
+  if (options.use_gemm_library) impl->lib = GemmLibrary::Create(n);
+  impl->bf16_gemm = impl->isa >= Isa::kAvx512Bf16 || options.force_bf16_gemm;
+  impl->team = std::make_unique<ThreadTeam>(n);
+  impl->scratch.resize(n);
+  return std::unique_ptr<Compute>(new Compute(std::move(impl)));
+}
+
+int Compute::num_threads() const { return impl_->size(); }
+Isa Compute::isa() const { return impl_->isa; }
+
+std::string Compute::Describe() const {
+  std::string s = std::string("isa=") + IsaName(impl_->isa) +
+                  " threads=" + std::to_string(impl_->size()) + " gemm=";
+  if (impl_->lib == nullptr) {
+    s += "built-in f32";
+  } else if (impl_->bf16_gemm) {
+    s += "oneDNN bf16";
+  } else {
+    s += "oneDNN f32 (bf16/f16 weights widened per tile)";
+  }
+  return s;
+}
+
+void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outputs) {
+  if (m <= 0 || outputs.empty()) return;
+  if (m <= kGemvMaxM) {
+    impl_->GemvPath(x, m, ldx, outputs);
+  } else {
+    impl_->GemmPath(x, m, ldx, outputs);
+  }
+}
+
+void Compute::PagedAttention(const AttentionArgs& args) {
+  struct Item {
+    size_t seq;
+    int64_t g, i0, i1;
+  };
+  std::vector<Item> items;
+  for (size_t s = 0; s < args.sequences.size(); ++s) {
+    const auto& seq = args.sequences[s];
+    for (int64_t i0 = 0; i0 < seq.n_tokens; i0 += kQueryTile)
+      for (int64_t g = 0; g < args.num_kv_heads; ++g)
+        items.push_back({s, g, i0, std::min(seq.n_tokens, i0 + kQueryTile)});
+  }
+  // Later query tiles attend to more keys: hand out the expensive ones first, dynamically.
+  std::vector<size_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+    const auto& a = items[x];
+    const auto& b = items[y];
+    return args.sequences[a.seq].start_pos + a.i1 > args.sequences[b.seq].start_pos + b.i1;
+  });
+  std::atomic<size_t> next{0};  // work queue index; relaxed: items are independent
+  impl_->team->Run([&](int t) {
+    for (;;) {
+      const size_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= order.size()) return;
+      const Item& it = items[order[i]];
+      impl_->AttentionItem(t, args, args.sequences[it.seq], it.g, it.i0, it.i1);
+    }
+  });
+}
+
+void Compute::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  impl_->ParallelFor(n, fn);
+}
+
+double Compute::MeasureReadBandwidth(size_t bytes, int reps) {
+  const int nt = impl_->size();
+  const size_t per = (bytes / nt) & ~size_t{4095};
+  if (per == 0 || reps <= 0) return 0;
+  std::vector<void*> bufs(nt, nullptr);
+  // Each thread allocates and first-touches its own slice.
+  impl_->team->Run([&](int t) {
+    bufs[t] = std::aligned_alloc(4096, per);
+    if (bufs[t] != nullptr) std::memset(bufs[t], t + 1, per);
+  });
+  double best = 0;
+  std::vector<uint64_t> sink(nt);
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    impl_->team->Run([&](int t) {
+      if (bufs[t] != nullptr) sink[t] += impl_->table->read_sum(bufs[t], per);
+    });
+    const double dt =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, static_cast<double>(per) * nt / dt / 1e9);
+  }
+  bool ok = true;
+  for (int t = 0; t < nt; ++t) {
+    ok = ok && bufs[t] != nullptr;
+    std::free(bufs[t]);
+  }
+  volatile uint64_t keep = sink[0];
+  (void)keep;
+  return ok ? best : 0;
+}
+
+}  // namespace kvferry::kernels

@@ -1,0 +1,68 @@
+#pragma once
+// Private to kernels/: the table of ISA-specific inner loops. vec_kernels.inc is compiled once
+// per ISA level (vec_scalar.cc, vec_avx2.cc, vec_avx512.cc), each filling one table; the
+// hand-written AVX-512 GEMV (gemv_avx512.cc) replaces the generic one in the AVX-512 tables.
+// These functions take raw pointers only: the per-ISA files must not instantiate std::
+// templates, whose weak definitions the linker could pick for code run on an older CPU.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvferry/kernels/kernels.h"
+
+namespace kvferry::kernels {
+
+// Rows of x one GEMV pass handles; the caller loops over larger m.
+inline constexpr int64_t kGemvMaxRows = 4;
+// Keys per attention chunk (one 16-lane vector of scores).
+inline constexpr int64_t kKeyChunk = 16;
+
+struct KernelTable {
+  Isa isa;
+  void (*to_f32)(const void* src, DType dtype, int64_t n, float* dst);
+  void (*from_f32)(const float* src, int64_t n, DType dtype, void* dst);
+  // y[r * ldy + j] = dot(x + r * ldx, row j of w) for r < m (m <= kGemvMaxRows), j in [n0, n1).
+  // w is [rows][k] of dtype; j indexes rows of w and columns of y.
+  void (*gemv)(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
+               int64_t n0, int64_t n1, float* y, int64_t ldy);
+  // y[r * ldy + j] = dot(x + r * ldx, w + j * k) for r < m, j < n (f32 weights, any m).
+  // panel: scratch of k * 16 floats.
+  void (*gemm_f32)(const float* x, int64_t m, int64_t ldx, const float* w, int64_t k, int64_t n,
+                   float* y, int64_t ldy, float* panel);
+  // s[r * 16 + j] = scale * dot(q + r * ldq, key j) for r < rows, j < 16; kt is [hd][16]
+  // (keys transposed).
+  void (*attn_scores)(const float* q, int64_t rows, int64_t ldq, int64_t hd, const float* kt,
+                      float scale, float* s);
+  // out[r * hd + d] += sum_j p[r * 16 + j] * v[j * hd + d].
+  void (*attn_pv)(const float* p, int64_t rows, const float* v, int64_t hd, float* out);
+  // x[i] = exp(x[i]) (x < -87 gives 0).
+  void (*exp_inplace)(float* x, int64_t n);
+  void (*rms_norm)(const float* x, const void* w, DType w_dtype, int64_t n, float eps, float* out);
+  void (*rope)(float* x, int64_t num_heads, int64_t head_dim, const float* cos, const float* sin);
+  void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
+  void (*add)(float* y, const float* x, int64_t n);
+  // y[i] = y[i] * a + x[i] * b (x may alias y).
+  void (*scale_add)(float* y, float a, const float* x, float b, int64_t n);
+  // Reads [p, p + bytes) (bytes a multiple of 64); returns a value that depends on every byte.
+  uint64_t (*read_sum)(const void* p, size_t bytes);
+};
+
+// The table for an ISA level (the highest compiled level not above it).
+const KernelTable& TableFor(Isa isa);
+// The table for DetectIsa().
+const KernelTable& BestTable();
+
+namespace scalar {
+const KernelTable* GetTable();
+}
+namespace avx2 {
+const KernelTable* GetTable();
+}
+namespace avx512 {
+const KernelTable* GetTable();
+// Hand-written AVX-512 GEMV (gemv_avx512.cc).
+void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
+          int64_t n0, int64_t n1, float* y, int64_t ldy);
+}  // namespace avx512
+
+}  // namespace kvferry::kernels

@@ -1,0 +1,352 @@
+// Differential tests: every kernel against a naive double-precision reference, at every ISA
+// level this CPU supports, on random shapes including ragged tails.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kvferry/kernels/kernel_table.h"
+#include "kvferry/kernels/kernels.h"
+#include "kvferry/kernels/thread_team.h"
+
+namespace kvferry::kernels {
+namespace {
+
+std::vector<Isa> Levels() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (i <= DetectIsa()) out.push_back(i);
+  return out;
+}
+
+std::vector<float> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Weights stored as dtype; returns the stored bytes and the values they represent.
+std::vector<uint8_t> Store(const std::vector<float>& v, DType dt, std::vector<float>* exact) {
+  std::vector<uint8_t> bytes(v.size() * DTypeSize(dt));
+  exact->resize(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dt == DType::kF32) {
+      std::memcpy(&bytes[i * 4], &v[i], 4);
+      (*exact)[i] = v[i];
+    } else {
+      const uint16_t h = dt == DType::kBF16 ? F32ToBf16(v[i]) : F32ToF16(v[i]);
+      std::memcpy(&bytes[i * 2], &h, 2);
+      (*exact)[i] = dt == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h);
+    }
+  }
+  return bytes;
+}
+
+TEST(Convert, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(Bf16ToF32(0x3f80), 1.0f);
+  // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to even (1).
+  EXPECT_EQ(F32ToBf16(1.0f + 0x1p-8f), 0x3f80);
+  EXPECT_EQ(F32ToBf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
+  EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(NAN))));
+  EXPECT_EQ(Bf16ToF32(F32ToBf16(-INFINITY)), -INFINITY);
+}
+
+TEST(Convert, F16MatchesIeee) {
+  EXPECT_EQ(F32ToF16(1.0f), 0x3c00);
+  EXPECT_EQ(F32ToF16(-2.0f), 0xc000);
+  EXPECT_EQ(F32ToF16(65504.0f), 0x7bff);
+  EXPECT_EQ(F32ToF16(1e6f), 0x7c00);
+  EXPECT_EQ(F32ToF16(0x1p-24f), 0x0001);  // smallest subnormal
+  EXPECT_EQ(F16ToF32(0x0001), 0x1p-24f);
+  EXPECT_EQ(F16ToF32(0x03ff), 1023 * 0x1p-24f);
+  EXPECT_EQ(F16ToF32(0x7c00), INFINITY);
+  EXPECT_TRUE(std::isnan(F16ToF32(0x7e00)));
+  // Every f16 value survives a round trip through f32.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // nan payloads
+    ASSERT_EQ(F32ToF16(F16ToF32(static_cast<uint16_t>(h))), h) << h;
+  }
+}
+
+TEST(Convert, TablesAgreeWithScalar) {
+  std::mt19937 rng(1);
+  auto v = Random(1000, rng, 10.0f);
+  for (Isa isa : Levels()) {
+    const KernelTable& t = TableFor(isa);
+    for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+      std::vector<uint8_t> a(v.size() * DTypeSize(dt)), b(a.size());
+      t.from_f32(v.data(), static_cast<int64_t>(v.size()), dt, a.data());
+      scalar::GetTable()->from_f32(v.data(), static_cast<int64_t>(v.size()), dt, b.data());
+      EXPECT_EQ(a, b) << IsaName(isa) << " " << DTypeName(dt);
+      std::vector<float> fa(v.size()), fb(v.size());
+      t.to_f32(a.data(), dt, static_cast<int64_t>(v.size()), fa.data());
+      scalar::GetTable()->to_f32(a.data(), dt, static_cast<int64_t>(v.size()), fb.data());
+      EXPECT_EQ(fa, fb);
+    }
+  }
+}
+
+TEST(Exp, AccurateOverRange) {
+  for (Isa isa : Levels()) {
+    std::vector<float> x;
+    for (float v = -100.0f; v < 88.0f; v += 0.0371f) x.push_back(v);
+    std::vector<float> y = x;
+    TableFor(isa).exp_inplace(y.data(), static_cast<int64_t>(y.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double ref = x[i] < -87.0f ? 0.0 : std::exp(static_cast<double>(x[i]));
+      ASSERT_NEAR(y[i], ref, 4e-7 * ref + 1e-37) << x[i];
+    }
+  }
+}
+
+TEST(Gemv, MatchesReferenceAllIsasAndDtypes) {
+  std::mt19937 rng(2);
+  for (Isa isa : Levels()) {
+    for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+      for (int64_t k : {1, 13, 64, 100, 257}) {
+        for (int64_t m = 1; m <= kGemvMaxRows; ++m) {
+          const int64_t n = 11, ldx = k + 3, ldy = n + 2;
+          auto x = Random(m * ldx, rng);
+          std::vector<float> wexact;
+          auto wbytes = Store(Random(n * k, rng), dt, &wexact);
+          std::vector<float> y(m * ldy, -7.0f);
+          TableFor(isa).gemv(x.data(), m, ldx, wbytes.data(), dt, k, 2, n, y.data(), ldy);
+          for (int64_t r = 0; r < m; ++r) {
+            EXPECT_EQ(y[r * ldy + 0], -7.0f);  // outside [n0, n1)
+            for (int64_t j = 2; j < n; ++j) {
+              double ref = 0;
+              for (int64_t c = 0; c < k; ++c) ref += double(x[r * ldx + c]) * wexact[j * k + c];
+              ASSERT_NEAR(y[r * ldy + j], ref, 1e-4 * std::sqrt(double(k)) + 1e-5)
+                  << IsaName(isa) << " " << DTypeName(dt) << " k=" << k << " m=" << m;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatMul, FusedOutputsMatchReference) {
+  std::mt19937 rng(3);
+  for (Isa isa : Levels()) {
+    for (bool lib : {false, true}) {
+      for (int threads : {1, 2, 3}) {
+        ComputeOptions opt;
+        opt.num_threads = threads;
+        opt.max_isa = isa;
+        opt.use_gemm_library = lib;
+        auto c = Compute::Create(opt);
+        ASSERT_TRUE(c.ok());
+        for (int64_t m : {1, 3, 5, 16, 17, 40}) {
+          for (DType dt : {DType::kBF16, DType::kF32}) {
+            const int64_t k = 72, ldx = 80;
+            auto x = Random(m * ldx, rng);
+            std::vector<int64_t> ns = {37, 130, 8};
+            std::vector<std::vector<uint8_t>> wb(3);
+            std::vector<std::vector<float>> we(3), bias(3), y(3);
+            std::vector<MatMulOutput> outs;
+            for (int o = 0; o < 3; ++o) {
+              wb[o] = Store(Random(ns[o] * k, rng), dt, &we[o]);
+              bias[o] = Random(ns[o], rng);
+              y[o].assign(m * (ns[o] + 1), 0.0f);
+              outs.push_back({{wb[o].data(), dt, ns[o], k}, o == 1 ? nullptr : bias[o].data(),
+                              y[o].data(), ns[o] + 1});
+            }
+            (*c)->MatMul(x.data(), m, ldx, outs);
+            for (int o = 0; o < 3; ++o)
+              for (int64_t r = 0; r < m; ++r)
+                for (int64_t j = 0; j < ns[o]; ++j) {
+                  double ref = o == 1 ? 0 : bias[o][j];
+                  for (int64_t cc = 0; cc < k; ++cc) ref += double(x[r * ldx + cc]) * we[o][j * k + cc];
+                  ASSERT_NEAR(y[o][r * (ns[o] + 1) + j], ref, 1e-3)
+                      << (*c)->Describe() << " m=" << m << " o=" << o;
+                }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatMul, Bf16GemmPathRoundsActivationsOnly) {
+  if (!HaveGemmLibrary()) GTEST_SKIP() << "built without oneDNN";
+  std::mt19937 rng(9);
+  auto c = Compute::Create({.num_threads = 2, .force_bf16_gemm = true});
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE((*c)->Describe().find("oneDNN bf16"), std::string::npos);
+  const int64_t m = 40, k = 96, n = 70;
+  auto x = Random(m * k, rng);
+  std::vector<float> we;
+  auto wb = Store(Random(n * k, rng), DType::kBF16, &we);
+  auto bias = Random(n, rng);
+  std::vector<float> y(m * n);
+  MatMulOutput o{{wb.data(), DType::kBF16, n, k}, bias.data(), y.data(), n};
+  (*c)->MatMul(x.data(), m, k, {&o, 1});
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = bias[j];
+      for (int64_t cc = 0; cc < k; ++cc) ref += double(RoundToBf16(x[r * k + cc])) * we[j * k + cc];
+      ASSERT_NEAR(y[r * n + j], ref, 1e-3) << r << "," << j;
+    }
+}
+
+TEST(Ops, RmsNormRopeSiluAdd) {
+  std::mt19937 rng(4);
+  for (Isa isa : Levels()) {
+    const KernelTable& t = TableFor(isa);
+    const int64_t n = 70;
+    auto x = Random(n, rng);
+    std::vector<float> wexact;
+    auto wb = Store(Random(n, rng), DType::kBF16, &wexact);
+    std::vector<float> out(n);
+    t.rms_norm(x.data(), wb.data(), DType::kBF16, n, 1e-6f, out.data());
+    double ss = 0;
+    for (float v : x) ss += double(v) * v;
+    const double inv = 1.0 / std::sqrt(ss / n + 1e-6);
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(out[i], x[i] * inv * wexact[i], 1e-5);
+
+    const int64_t heads = 3, hd = 10;
+    auto q = Random(heads * hd, rng);
+    auto cs = Random(hd / 2, rng), sn = Random(hd / 2, rng);
+    auto q2 = q;
+    t.rope(q2.data(), heads, hd, cs.data(), sn.data());
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < hd / 2; ++i) {
+        const float a = q[h * hd + i], b = q[h * hd + i + hd / 2];
+        ASSERT_NEAR(q2[h * hd + i], a * cs[i] - b * sn[i], 1e-5);
+        ASSERT_NEAR(q2[h * hd + i + hd / 2], b * cs[i] + a * sn[i], 1e-5);
+      }
+
+    auto g = Random(n, rng, 5.0f), u = Random(n, rng);
+    std::vector<float> s(n);
+    t.silu_mul(g.data(), u.data(), n, s.data());
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_NEAR(s[i], g[i] / (1.0 + std::exp(-double(g[i]))) * u[i], 1e-5 * (1 + std::fabs(s[i])));
+    auto y = x;
+    t.add(y.data(), g.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(y[i], x[i] + g[i]);
+  }
+}
+
+// Paged attention against a dense reference, with shuffled block tables, GQA, several
+// sequences at different offsets, and both cache dtypes.
+TEST(Attention, PagedMatchesDense) {
+  std::mt19937 rng(5);
+  const int64_t hd = 8, nh = 6, nkv = 2, layers = 2, layer = 1;
+  for (int64_t bs : {16, 4}) {
+    for (DType kvdt : {DType::kF32, DType::kBF16}) {
+      for (Isa isa : Levels()) {
+        ComputeOptions opt;
+        opt.num_threads = 2;
+        opt.max_isa = isa;
+        auto c = Compute::Create(opt);
+        ASSERT_TRUE(c.ok());
+        const int64_t nblocks = 64;
+        const int64_t per_layer = 2 * nkv * bs * hd;
+        const int64_t block_elems = layers * per_layer;
+        const int64_t esize = DTypeSize(kvdt);
+        std::vector<uint8_t> cache(nblocks * block_elems * esize);
+        PagedKv kv{cache.data(), kvdt, block_elems * esize, bs, layer * per_layer,
+                   layer * per_layer + nkv * bs * hd, bs * hd};
+        // Sequences: (start_pos, n_tokens).
+        std::vector<std::pair<int64_t, int64_t>> shapes = {{0, 1}, {0, 37}, {20, 1}, {5, 18}};
+        std::vector<int32_t> free_blocks(nblocks);
+        for (int i = 0; i < nblocks; ++i) free_blocks[i] = i;
+        std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+        std::vector<std::vector<int32_t>> tables;
+        std::vector<std::vector<float>> kf, vf;  // dense exact K/V per sequence [pos][nkv][hd]
+        int64_t rows = 0;
+        std::vector<AttentionSequence> seqs;
+        for (auto [start, n] : shapes) {
+          const int64_t total = start + n;
+          std::vector<int32_t> bt;
+          for (int64_t b = 0; b < (total + bs - 1) / bs; ++b) {
+            bt.push_back(free_blocks.back());
+            free_blocks.pop_back();
+          }
+          tables.push_back(bt);
+          std::vector<float> ke, ve;
+          auto kb = Store(Random(total * nkv * hd, rng), kvdt, &ke);
+          auto vb = Store(Random(total * nkv * hd, rng), kvdt, &ve);
+          for (int64_t p = 0; p < total; ++p)
+            for (int64_t h = 0; h < nkv; ++h) {
+              uint8_t* blk = cache.data() + bt[p / bs] * kv.block_bytes;
+              const int64_t off = h * kv.head_stride + (p % bs) * hd;
+              std::memcpy(blk + (kv.k_offset + off) * esize, &kb[(p * nkv + h) * hd * esize], hd * esize);
+              std::memcpy(blk + (kv.v_offset + off) * esize, &vb[(p * nkv + h) * hd * esize], hd * esize);
+            }
+          kf.push_back(ke);
+          vf.push_back(ve);
+          seqs.push_back({nullptr, start, n, rows});
+          rows += n;
+        }
+        for (size_t s = 0; s < seqs.size(); ++s) seqs[s].block_table = tables[s].data();
+        auto q = Random(rows * nh * hd, rng);
+        std::vector<float> out(rows * nh * hd, 0.0f);
+        AttentionArgs args;
+        args.kv = kv;
+        args.num_heads = nh;
+        args.num_kv_heads = nkv;
+        args.head_dim = hd;
+        args.scale = 1.0f / std::sqrt(float(hd));
+        args.q = q.data();
+        args.out = out.data();
+        args.sequences = seqs;
+        (*c)->PagedAttention(args);
+        for (size_t s = 0; s < seqs.size(); ++s) {
+          for (int64_t i = 0; i < seqs[s].n_tokens; ++i) {
+            const int64_t pos = seqs[s].start_pos + i, row = seqs[s].row0 + i;
+            for (int64_t h = 0; h < nh; ++h) {
+              const int64_t g = h / (nh / nkv);
+              std::vector<double> sc(pos + 1);
+              double mx = -1e300;
+              for (int64_t j = 0; j <= pos; ++j) {
+                double d = 0;
+                for (int64_t e = 0; e < hd; ++e)
+                  d += double(q[(row * nh + h) * hd + e]) * kf[s][(j * nkv + g) * hd + e];
+                sc[j] = d * args.scale;
+                mx = std::max(mx, sc[j]);
+              }
+              double sum = 0;
+              for (auto& v : sc) sum += (v = std::exp(v - mx));
+              for (int64_t e = 0; e < hd; ++e) {
+                double o = 0;
+                for (int64_t j = 0; j <= pos; ++j) o += sc[j] / sum * vf[s][(j * nkv + g) * hd + e];
+                ASSERT_NEAR(out[(row * nh + h) * hd + e], o, 1e-5)
+                    << "bs=" << bs << " " << DTypeName(kvdt) << " " << IsaName(isa) << " seq " << s
+                    << " tok " << i << " head " << h;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(ThreadTeam, RunsEveryPartEveryTime) {
+  ThreadTeam team(3);
+  std::vector<int> hits(3, 0);
+  for (int i = 0; i < 300; ++i) team.Run([&](int t) { hits[t]++; });
+  EXPECT_EQ(hits, std::vector<int>({300, 300, 300}));
+}
+
+TEST(Compute, ParallelForCoversRangeOnce) {
+  auto c = Compute::Create({.num_threads = 2});
+  ASSERT_TRUE(c.ok());
+  std::vector<int> seen(101, 0);
+  (*c)->ParallelFor(101, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) seen[i]++;
+  });
+  for (int v : seen) EXPECT_EQ(v, 1);
+  EXPECT_GT((*c)->MeasureReadBandwidth(8 << 20, 2), 0.0);
+  EXPECT_FALSE(Compute::Create({.num_threads = -1}).ok());
+}
+
+}  // namespace
+}  // namespace kvferry::kernels

@@ -1,0 +1,47 @@
+#include <sys/mman.h>
+
+#include <cerrno>
+
+#include "kvferry/model/model.h"
+
+namespace kvferry::model {
+
+StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
+                                                   const KvCacheOptions& options) {
+  if (options.num_blocks <= 0) return InvalidArgumentError("KV cache needs num_blocks > 0");
+  if (options.block_size <= 0 || options.block_size > 4096)
+    return InvalidArgumentError("KV cache block_size must be in [1, 4096]");
+  auto c = std::unique_ptr<KvCache>(new KvCache());
+  c->num_blocks_ = options.num_blocks;
+  c->block_size_ = options.block_size;
+  c->num_layers_ = config.num_layers;
+  c->num_kv_heads_ = config.num_kv_heads;
+  c->head_dim_ = config.head_dim;
+  c->dtype_ = options.dtype;
+  c->bytes_per_block_ = static_cast<size_t>(config.num_layers) * 2 * config.num_kv_heads *
+                        options.block_size * config.head_dim * kernels::DTypeSize(options.dtype);
+  if (c->bytes_per_block_ == 0 ||
+      static_cast<size_t>(options.num_blocks) > (size_t{1} << 46) / c->bytes_per_block_)
+    return InvalidArgumentError("KV cache too large");
+  c->size_ = c->bytes_per_block_ * static_cast<size_t>(options.num_blocks);
+  void* p = ::mmap(nullptr, c->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return ResourceExhaustedError("KV cache: cannot map " + std::to_string(c->size_) +
+                                  " bytes: " + std::to_string(errno));
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, c->size_, MADV_HUGEPAGE);
+#endif
+  c->base_ = p;
+  return c;
+}
+
+KvCache::~KvCache() {
+  if (base_ != nullptr) ::munmap(base_, size_);
+}
+
+int64_t KvCache::LayerOffset(int64_t layer, bool v) const {
+  const int64_t per = num_kv_heads_ * block_size_ * head_dim_;
+  return (2 * layer + (v ? 1 : 0)) * per;
+}
+
+}  // namespace kvferry::model
