@@ -31,11 +31,13 @@ int main(int argc, char** argv) {
   });
 
   kvferry::apps::AddModelCommand(app);
+  kvferry::apps::AddRunCommand(app);
   // TODO(merge): the shared `bench` subcommand (bench_cmd.cc on main) should call
   // AddModelBenchCommands on itself; until then this branch registers its own.
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
   bench->require_subcommand(1);
   kvferry::apps::AddModelBenchCommands(*bench);
+  kvferry::apps::AddEngineBenchCommand(*bench);
 
   CLI11_PARSE(app, argc, argv);
   return kvferry::apps::ExitCode();

@@ -7,7 +7,8 @@
 // Threading: one scheduler thread owns all scheduling state (queues, block tables,
 // block allocator, prefix cache) and runs Model::Forward. Every public method is
 // thread-safe and only enqueues a command or reads published stats; callbacks
-// (OutputCallback, ConnectorHooks) run on the scheduler thread and must not block.
+// (OutputCallback, ConnectorHooks) run on the scheduler thread and must not block (they may
+// call Add/Abort/FinishRemoteKv/ReleaseHeldBlocks, which only enqueue, but not Shutdown).
 // Ownership: the Engine owns the Model and the KvCache.
 
 #include <cstdint>
@@ -54,15 +55,16 @@ struct TokenLogprob {
 // finished = true (exactly once per accepted request).
 struct Output {
   std::string request_id;
-  std::vector<int32_t> new_tokens;
+  std::vector<int32_t> new_tokens;     // a stop/EOS token that ends the request is included
   std::vector<TokenLogprob> logprobs;  // parallel to new_tokens when requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   Status error;                // set when finish_reason == kError
   int num_prompt_tokens = 0;
   int num_cached_tokens = 0;   // prompt tokens served from the prefix cache (or remote KV)
-  // When the request asked to hold its blocks (connector producer): the block ids
-  // holding its prompt's KV, valid until ReleaseHeldBlocks.
+  // When the request asked to hold its blocks (connector producer) and finished with kStop or
+  // kLength: the block ids holding its prompt's KV, in prompt order, valid until
+  // ReleaseHeldBlocks. An aborted or failed request frees its blocks instead.
   std::vector<int32_t> held_blocks;
 };
 using OutputCallback = std::function<void(const Output&)>;
@@ -143,10 +145,12 @@ class Engine {
   // Aborts an active request (its final Output has kAbort) and frees its blocks. No-op if unknown.
   virtual void Abort(const std::string& request_id) = 0;
   // Consumer: the KV of a parked kLoadRemote request arrived (ok) or not. On ok the
-  // prompt counts as computed and decoding starts; otherwise `recompute` runs the
-  // prefill locally and !recompute finishes the request with kError and `status`.
+  // prompt counts as computed and decoding starts (the last prompt token runs again locally,
+  // for its logits); otherwise `recompute` runs the prefill locally and !recompute finishes the
+  // request with kError and `status`. No-op unless the request is parked.
   virtual void FinishRemoteKv(const std::string& request_id, Status status, bool recompute) = 0;
-  // Producer: frees the blocks a kHoldForRemote request kept. No-op if unknown.
+  // Producer: frees the blocks a kHoldForRemote request kept. For a request that has not
+  // finished yet, its blocks are freed at its finish instead of held. No-op if unknown.
   virtual void ReleaseHeldBlocks(const std::string& request_id) = 0;
 
   // Stops intake, aborts what is left after `deadline`, joins the scheduler.

@@ -141,6 +141,32 @@ TEST_F(ConnectorTest, HoldThenLoadEqualsColocated) {
   producer_->ReleaseHeldBlocks("req");  // no-op
 }
 
+TEST_F(ConnectorTest, ReleaseBeforeFinishFreesAtFinish) {
+  RequestSpec s = Greedy("early", RandomPrompt(40, 30), 3);
+  s.kv_role = KvRole::kHoldForRemote;
+  Collector c;
+  ASSERT_TRUE(producer_->Add(s, c.Callback()).ok());
+  producer_->ReleaseHeldBlocks("early");  // queued behind the Add: the request is live
+  ASSERT_TRUE(c.WaitFinished("early"));
+  EXPECT_TRUE(c.Get("early").held_blocks.empty());
+  const EngineStats st = producer_->GetStats();
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.blocks_held, 0);
+}
+
+TEST_F(ConnectorTest, AbortedHoldRequestHoldsNothing) {
+  RequestSpec s = Greedy("ab", RandomPrompt(40, 31), 3000);
+  s.kv_role = KvRole::kHoldForRemote;
+  Collector c;
+  ASSERT_TRUE(producer_->Add(s, c.Callback()).ok());
+  ASSERT_TRUE(c.WaitOutputs("ab", 1));
+  producer_->Abort("ab");
+  ASSERT_TRUE(c.WaitFinished("ab"));
+  EXPECT_EQ(c.Get("ab").reason, FinishReason::kAbort);
+  EXPECT_TRUE(c.Get("ab").held_blocks.empty());
+  EXPECT_EQ(producer_->GetStats().blocks_used, 0);
+}
+
 // Without the copy the consumer decodes from empty KV and the output differs: the test above
 // really depends on the transferred bytes.
 TEST_F(ConnectorTest, LoadWithoutTheBytesDiffers) {

@@ -57,6 +57,7 @@ struct Request {
   int num_committed_blocks = 0;      // leading blocks registered in the prefix cache
   uint64_t last_block_hash = 0;      // chain hash of block num_committed_blocks - 1
   int num_cached_tokens = -1;        // reported in Output; set at first admission
+  bool hold_released = false;        // kHoldForRemote: ReleaseHeldBlocks came before the finish
 };
 
 }  // namespace kvferry::engine

@@ -60,7 +60,7 @@ void Scheduler::Finish(Request* r, FinishReason reason, Status status, std::vect
   o.finish_reason = reason;
   o.error = std::move(status);
   RemoveFromQueues(r);
-  const bool hold = r->kv_role == KvRole::kHoldForRemote &&
+  const bool hold = r->kv_role == KvRole::kHoldForRemote && !r->hold_released &&
                     (reason == FinishReason::kStop || reason == FinishReason::kLength);
   if (hold) {
     const size_t keep = static_cast<size_t>(CeilDiv(r->num_prompt_tokens, blocks_.block_size()));
@@ -100,7 +100,12 @@ void Scheduler::AbortAll(std::vector<Delivery>* out) {
 
 void Scheduler::ReleaseHeld(const std::string& id) {
   auto it = held_.find(id);
-  if (it == held_.end()) return;
+  if (it == held_.end()) {
+    // Still running: free instead of hold when it finishes.
+    auto live = live_.find(id);
+    if (live != live_.end()) live->second->hold_released = true;
+    return;
+  }
   for (auto b = it->second.rbegin(); b != it->second.rend(); ++b) blocks_.Release(*b);
   num_held_blocks_ -= static_cast<int64_t>(it->second.size());
   held_.erase(it);
