@@ -145,9 +145,16 @@ TEST_F(ConnectorTest, ReleaseBeforeFinishFreesAtFinish) {
   RequestSpec s = Greedy("early", RandomPrompt(40, 30), 3);
   s.kv_role = KvRole::kHoldForRemote;
   Collector c;
-  ASSERT_TRUE(producer_->Add(s, c.Callback()).ok());
-  producer_->ReleaseHeldBlocks("early");  // queued behind the Add: the request is live
+  OutputCallback collect = c.Callback();
+  // From the first Output's callback (on the scheduler thread): the release is applied before
+  // the next step, while two tokens are still to come.
+  Engine* producer = producer_.get();
+  ASSERT_TRUE(producer_->Add(s, [collect, producer](const Output& o) {
+    if (!o.finished && o.new_tokens.size() == 1) producer->ReleaseHeldBlocks(o.request_id);
+    collect(o);
+  }).ok());
   ASSERT_TRUE(c.WaitFinished("early"));
+  EXPECT_EQ(c.Get("early").reason, FinishReason::kLength);
   EXPECT_TRUE(c.Get("early").held_blocks.empty());
   const EngineStats st = producer_->GetStats();
   EXPECT_EQ(st.blocks_used, 0);
@@ -158,9 +165,12 @@ TEST_F(ConnectorTest, AbortedHoldRequestHoldsNothing) {
   RequestSpec s = Greedy("ab", RandomPrompt(40, 31), 3000);
   s.kv_role = KvRole::kHoldForRemote;
   Collector c;
-  ASSERT_TRUE(producer_->Add(s, c.Callback()).ok());
-  ASSERT_TRUE(c.WaitOutputs("ab", 1));
-  producer_->Abort("ab");
+  OutputCallback collect = c.Callback();
+  Engine* producer = producer_.get();
+  ASSERT_TRUE(producer_->Add(s, [collect, producer](const Output& o) {
+    producer->Abort(o.request_id);  // from the first Output on: applied before the next step
+    collect(o);
+  }).ok());
   ASSERT_TRUE(c.WaitFinished("ab"));
   EXPECT_EQ(c.Get("ab").reason, FinishReason::kAbort);
   EXPECT_TRUE(c.Get("ab").held_blocks.empty());
@@ -220,7 +230,7 @@ TEST_F(ConnectorTest, FailureWithoutRecomputeIsAnError) {
   ASSERT_TRUE(consumer_->Add(Consume("req", prompt, 8), c.Callback()).ok());
   HookRecorder::Need need;
   ASSERT_TRUE(hooks_.WaitNeed("req", &need));
-  EXPECT_GT(consumer_->GetStats().blocks_used, 0);
+  EXPECT_TRUE(testing::WaitStats(*consumer_, [](const EngineStats& s) { return s.blocks_used > 0; }));
   consumer_->FinishRemoteKv("req", UnavailableError("peer gone"), /*recompute=*/false);
   ASSERT_TRUE(c.WaitFinished("req"));
   const Result r = c.Get("req");
