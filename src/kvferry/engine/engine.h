@@ -111,7 +111,8 @@ struct EngineOptions {
   int64_t max_num_batched_tokens = 2048;  // token budget per step (chunked prefill)
   bool enable_prefix_caching = true;
   size_t max_waiting = 1024;          // Add beyond this is ResourceExhausted (HTTP 503)
-  uint64_t seed = 0;                  // default RNG seed for requests without one
+  uint64_t seed = 0;                  // requests without a seed get one mixed from this and
+                                      // their order of arrival
   ConnectorHooks hooks;
 };
 
@@ -138,7 +139,8 @@ class Engine {
   virtual ~Engine() = default;  // Shutdown(Deadline::After(10 s)) if not done
 
   // Queues a request. InvalidArgument for a bad spec (empty prompt, too long with the
-  // max_model_len in the message, bad sampling), AlreadyExists for a duplicate id,
+  // max_model_len in the message, bad sampling), AlreadyExists for a duplicate id (a finished
+  // kHoldForRemote request's id stays in use until ReleaseHeldBlocks),
   // ResourceExhausted when the waiting queue is full, FailedPrecondition after Shutdown.
   // On OK, `on_output` will be called until an Output with finished = true.
   virtual Status Add(RequestSpec spec, OutputCallback on_output) = 0;
