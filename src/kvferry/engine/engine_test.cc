@@ -99,6 +99,24 @@ TEST(EngineTest, SixteenConcurrentWithChunkedPrefillMatchAlone) {
   EXPECT_LT(s.steps_total, static_cast<uint64_t>(total_tokens));
 }
 
+TEST(EngineTest, TwoComputeThreadsMatchReference) {
+  EngineOptions o = TinyOptions();
+  o.load.num_threads = 2;  // the model's compute team plus the scheduler thread
+  o.max_num_batched_tokens = 40;
+  auto engine = MakeEngine(o);
+  ASSERT_NE(engine, nullptr);
+  Collector c;
+  std::vector<RequestSpec> specs;
+  for (int i = 0; i < 4; ++i) {
+    specs.push_back(Greedy(Id("t", i), RandomPrompt(9 + 13 * i, 500 + i), 8));
+    ASSERT_TRUE(engine->Add(specs.back(), c.Callback()).ok());
+  }
+  for (const auto& s : specs) {
+    ASSERT_TRUE(c.WaitFinished(s.id));
+    EXPECT_EQ(c.Get(s.id).tokens, ReferenceGreedy(s.prompt, 8)) << s.id;
+  }
+}
+
 TEST(EngineTest, PrefixCacheHitOnRepeatedPrompt) {
   auto engine = MakeEngine();
   ASSERT_NE(engine, nullptr);
