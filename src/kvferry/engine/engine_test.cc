@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+#include <set>
 #include <thread>
 
 #include "kvferry/engine/engine.h"
@@ -169,6 +171,59 @@ TEST(EngineTest, PreemptionWithTinyCacheKeepsOutputs) {
   const EngineStats s = engine->GetStats();
   EXPECT_GT(s.preemptions_total, 0u);
   EXPECT_EQ(s.blocks_used, 0);
+}
+
+// Everything at once: shared prefixes (prefix-cache hits, shared blocks), a cache too small for
+// the load (preemption, LRU eviction), a small token budget (chunked prefill) and aborts.
+TEST(EngineTest, RandomizedWorkloadMatchesReference) {
+  EngineOptions o = TinyOptions();
+  o.num_kv_blocks = 20;
+  o.max_num_batched_tokens = 24;
+  o.max_num_seqs = 6;
+  auto engine = MakeEngine(o);
+  ASSERT_NE(engine, nullptr);
+  std::mt19937 rng(2024);
+  const std::vector<std::vector<int32_t>> prefixes = {RandomPrompt(32, 1), RandomPrompt(20, 2),
+                                                      RandomPrompt(48, 3)};
+  Collector c;
+  std::vector<RequestSpec> specs;
+  std::vector<std::string> ids;
+  std::set<std::string> aborted;
+  for (int i = 0; i < 30; ++i) {
+    std::vector<int32_t> prompt = prefixes[rng() % prefixes.size()];
+    if (rng() % 4 == 0) prompt.resize(1 + rng() % prompt.size());
+    const auto tail = RandomPrompt(static_cast<int>(rng() % 30), 1000 + i);
+    prompt.insert(prompt.end(), tail.begin(), tail.end());
+    specs.push_back(Greedy(Id("w", i), prompt, 1 + static_cast<int>(rng() % 40)));
+    ids.push_back(specs.back().id);
+    ASSERT_TRUE(engine->Add(specs.back(), c.Callback()).ok());
+    if (i % 7 == 3) {
+      engine->Abort(Id("w", i - 1));
+      aborted.insert(Id("w", i - 1));
+    }
+  }
+  ASSERT_TRUE(c.WaitAll(ids));
+  int checked = 0;
+  for (const auto& s : specs) {
+    const Result r = c.Get(s.id);
+    EXPECT_EQ(r.outputs_after_finish, 0) << s.id;
+    const auto ref = ReferenceGreedy(s.prompt, s.sampling.max_tokens);
+    if (aborted.count(s.id) > 0 && r.reason == FinishReason::kAbort) {
+      // A prefix of the reference: what it produced before the abort was right.
+      ASSERT_LE(r.tokens.size(), ref.size()) << s.id;
+      EXPECT_EQ(r.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + r.tokens.size())) << s.id;
+      continue;
+    }
+    EXPECT_EQ(r.reason, FinishReason::kLength) << s.id;
+    EXPECT_EQ(r.tokens, ref) << s.id;
+    ++checked;
+  }
+  EXPECT_GE(checked, 25);
+  const EngineStats st = engine->GetStats();
+  EXPECT_GT(st.preemptions_total, 0u);
+  EXPECT_GT(st.prefix_cache_hits, 0u);
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.num_running + st.num_waiting, 0);
 }
 
 TEST(EngineTest, AbortFreesAllBlocks) {
