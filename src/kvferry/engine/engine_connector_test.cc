@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <ctime>
+#include <thread>
 
 #include "kvferry/engine/engine.h"
 #include "kvferry/engine/engine_test_util.h"
@@ -175,6 +177,36 @@ TEST_F(ConnectorTest, AbortedHoldRequestHoldsNothing) {
   EXPECT_EQ(c.Get("ab").reason, FinishReason::kAbort);
   EXPECT_TRUE(c.Get("ab").held_blocks.empty());
   EXPECT_EQ(producer_->GetStats().blocks_used, 0);
+}
+
+// Held blocks can leave a waiting request without room: the scheduler must sleep (no spinning)
+// until ReleaseHeldBlocks, then run it.
+TEST(ConnectorBlocksTest, WaitingForHeldBlocksSleepsThenRuns) {
+  EngineOptions o = TinyOptions();
+  o.num_kv_blocks = 4;
+  auto created = Engine::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Engine& e = **created;
+  RequestSpec hold = Greedy("hold", RandomPrompt(40, 40), 1);
+  hold.kv_role = KvRole::kHoldForRemote;
+  const Result h = RunOne(e, hold);
+  ASSERT_EQ(h.held_blocks.size(), 3u);
+
+  Collector c;
+  const auto prompt = RandomPrompt(40, 41);  // needs 3 blocks, 1 is free
+  ASSERT_TRUE(e.Add(Greedy("next", prompt, 5), c.Callback()).ok());
+  ASSERT_TRUE(testing::WaitStats(e, [](const EngineStats& s) { return s.num_waiting == 1; }));
+  const uint64_t steps = e.GetStats().steps_total;
+  const std::clock_t cpu0 = std::clock();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double cpu_s = double(std::clock() - cpu0) / CLOCKS_PER_SEC;
+  EXPECT_LT(cpu_s, 0.1) << "the idle scheduler burns CPU";
+  EXPECT_EQ(e.GetStats().steps_total, steps);
+  EXPECT_FALSE(c.Get("next").finished);
+
+  e.ReleaseHeldBlocks("hold");
+  ASSERT_TRUE(c.WaitFinished("next"));
+  EXPECT_EQ(c.Get("next").tokens, ReferenceGreedy(prompt, 5));
 }
 
 // Without the copy the consumer decodes from empty KV and the output differs: the test above
