@@ -22,6 +22,11 @@ void AddModelCommand(CLI::App& app);
 // (bench_model_cmd.cc).
 void AddModelBenchCommands(CLI::App& bench);
 
+// `kvferry run MODEL_DIR --prompt-token-ids ...` (run_cmd.cc).
+void AddRunCommand(CLI::App& app);
+// `kvferry bench engine`, added to the `bench` subcommand (bench_engine_cmd.cc).
+void AddEngineBenchCommand(CLI::App& bench);
+
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 

@@ -32,9 +32,11 @@ int main(int argc, char** argv) {
 
   kvferry::apps::AddTokenizeCommand(app);
   kvferry::apps::AddModelCommand(app);
+  kvferry::apps::AddRunCommand(app);
 
   CLI::App& bench = kvferry::apps::AddBenchCommand(app);
   kvferry::apps::AddModelBenchCommands(bench);
+  kvferry::apps::AddEngineBenchCommand(bench);
   kvferry::apps::AddDemoCommand(app);
 
   CLI11_PARSE(app, argc, argv);
