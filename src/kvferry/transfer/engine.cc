@@ -105,10 +105,12 @@ class TransferEngineImpl final : public TransferEngine {
     so.secret = secret_;
     so.handshake_timeout = options_.handshake_timeout;
     server_ = std::make_unique<Server>(so, &registry_, [this] { return DescriptorJson(); }, &server_counters_);
-    Status s = server_->Start();
+    Status s = server_->Bind();
     if (!s.ok()) return s.WithContext(fmt::format("transfer engine listening on {}", listen));
+    // Everything DescriptorJson reads is set before the first connection is served.
     shm_path_ = so.shm_path;
     segment_name_ = wire::JoinHostPort(local_host_, server_->handshake_port());
+    server_->Serve();
     KVF_LOG_INFO("transfer: engine {} up (protocol {}, data port {}, listening on {}, {} lanes/peer)",
                  segment_name_, ProtocolName(options_.protocol), server_->data_port(), listen,
                  options_.lanes_per_peer);

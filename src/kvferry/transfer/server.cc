@@ -60,17 +60,20 @@ Server::Server(ServerOptions options, LocalRegistry* registry, std::function<std
 
 Server::~Server() { Stop(); }
 
-Status Server::Start() {
+Status Server::Bind() {
   KVF_ASSIGN_OR_RETURN(handshake_listen_,
                        net::ListenTcp(options_.listen_host, options_.handshake_port, &handshake_port_));
   KVF_ASSIGN_OR_RETURN(data_listen_, net::ListenTcp(options_.listen_host, options_.data_port, &data_port_));
   if (!options_.shm_path.empty()) {
     KVF_ASSIGN_OR_RETURN(shm_listen_, net::ListenUnix(options_.shm_path));
   }
+  return Status::Ok();
+}
+
+void Server::Serve() {
   acceptors_.emplace_back([this] { AcceptLoop(Kind::kHandshake, handshake_listen_.get()); });
   acceptors_.emplace_back([this] { AcceptLoop(Kind::kData, data_listen_.get()); });
   if (shm_listen_.valid()) acceptors_.emplace_back([this] { AcceptLoop(Kind::kShm, shm_listen_.get()); });
-  return Status::Ok();
 }
 
 void Server::Stop() {

@@ -41,7 +41,10 @@ class Server {
   Server(ServerOptions options, LocalRegistry* registry, std::function<std::string()> descriptor_json,
          ServerCounters* counters);
   ~Server();
-  Status Start();
+  // Binds the listeners (ports known after this) without serving yet.
+  Status Bind();
+  // Starts the accept threads. REQUIRES: Bind() succeeded.
+  void Serve();
   void Stop();
   uint16_t handshake_port() const { return handshake_port_; }
   uint16_t data_port() const { return data_port_; }
