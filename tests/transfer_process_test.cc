@@ -125,7 +125,7 @@ TEST(TransferProcessFaultTest, TwoInitiatorProcessesIntoOneTarget) {
     ASSERT_TRUE(j.is_object()) << out;
     EXPECT_TRUE(j["verified"].get<bool>());
     EXPECT_GT(j["gbps"].get<double>(), 0.0);
-    EXPECT_GT(j["batches"].get<uint64_t>(), 2u);
+    EXPECT_GE(j["batches"].get<uint64_t>(), 1u);  // how many depends on machine load, not correctness
   }
 }
 
