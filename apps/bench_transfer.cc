@@ -80,7 +80,8 @@ StatusOr<std::pair<int, std::string>> SpawnTransferTarget(transfer::Protocol pro
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);
     dup2(pipefd[1], STDOUT_FILENO);
-    execl("/proc/self/exe", "kvferry", "bench", "transfer", "--mode", "target", "--listen", "127.0.0.1",
+    // The child's logs (startup lines, the no-secret warning) would only clutter the figures.
+    execl("/proc/self/exe", "kvferry", "--log-level", "error", "bench", "transfer", "--mode", "target", "--listen", "127.0.0.1",
           "--protocol", proto.c_str(), "--buffer-size", size.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
