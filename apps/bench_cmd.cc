@@ -31,7 +31,7 @@ void AddTransferBench(CLI::App& bench) {
       "Mooncake-compatible engine (TCP, P2P handshake).");
   struct Flags {
     std::string mode = "both", protocol = "tcp", op = "write", block = "4MiB", target, listen = "127.0.0.1";
-    std::string buffer_size = "256MiB", slice = "1MiB";
+    std::string buffer_size = "256MiB", slice = "1MiB", remote_offset = "0";
     int batch = 16, threads = 1, lanes = 4;
     double duration = 5;
     bool json = false, verify = false;
@@ -53,6 +53,8 @@ void AddTransferBench(CLI::App& bench) {
   cmd->add_option("--data-port", f->data_port, "target mode: TCP data port (default: any free)");
   cmd->add_option("--lanes", f->lanes, "connections per peer (default 4)")->check(CLI::Range(1, 16));
   cmd->add_option("--slice-size", f->slice, "split requests larger than this across lanes (default 1MiB)");
+  cmd->add_option("--remote-offset", f->remote_offset,
+                  "initiator: start this far into the target's buffer (lets initiators share a target)");
   cmd->add_flag("--verify", f->verify, "write a pattern, read it back and check it before timing");
   cmd->add_flag("--json", f->json, "print one JSON object (gbps, p50_us, p99_us, ...)");
   cmd->callback([f] {
@@ -84,8 +86,14 @@ void AddTransferBench(CLI::App& bench) {
       ExitCode() = Fail(!block.ok() ? block.status() : slice.status());
       return;
     }
+    StatusOr<uint64_t> remote_offset = ParseByteSize(f->remote_offset);
+    if (!remote_offset.ok()) {
+      ExitCode() = Fail(remote_offset.status().WithContext("--remote-offset"));
+      return;
+    }
     c.block_size = *block;
     c.slice_size = *slice;
+    c.remote_offset = *remote_offset;
     c.batch = f->batch;
     c.threads = f->threads;
     c.duration_s = f->duration;

@@ -179,10 +179,13 @@ StatusOr<TransferBenchResult> RunTransferBench(const TransferBenchConfig& c, boo
   KVF_ASSIGN_OR_RETURN(transfer::SegmentInfo info, engine->GetSegmentInfo(seg));
   if (info.buffers.empty()) return FailedPreconditionError(fmt::format("segment {} has no registered memory", target));
   transfer::RemoteBuffer remote = info.buffers[0];
-  if (remote.length < needed) {
-    return FailedPreconditionError(fmt::format("segment {}'s first buffer has {} but the bench needs {}", target,
-                                               FormatBytes(remote.length), FormatBytes(needed)));
+  if (remote.length < c.remote_offset || remote.length - c.remote_offset < needed) {
+    return FailedPreconditionError(fmt::format("segment {}'s first buffer has {} but the bench needs {} at offset {}",
+                                               target, FormatBytes(remote.length), FormatBytes(needed),
+                                               FormatBytes(c.remote_offset)));
   }
+  remote.addr += c.remote_offset;
+  remote.length -= c.remote_offset;
 
   TransferBenchResult r;
   r.target = target;

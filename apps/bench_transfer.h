@@ -20,6 +20,7 @@ struct TransferBenchConfig {
   bool verify = false;
   int lanes = 4;
   uint64_t slice_size = 1 << 20;
+  uint64_t remote_offset = 0;  // where in the target's first buffer the bench region starts
   std::string local_host = "127.0.0.1";
 };
 

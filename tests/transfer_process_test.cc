@@ -113,9 +113,11 @@ TEST(TransferProcessFaultTest, TwoInitiatorProcessesIntoOneTarget) {
   Target t = StartTarget("64MiB");
   ASSERT_FALSE(t.segment.empty());
   std::vector<std::unique_ptr<Process>> inits;
+  // Disjoint halves of the target's buffer: two writers into the same bytes would be a data race.
   for (const char* proto : {"tcp", "shm"}) {
     inits.push_back(std::make_unique<Process>(std::vector<std::string>{
         kBinary, "bench", "transfer", "--target", t.segment, "--protocol", proto, "--verify", "--json",
+        "--remote-offset", std::string(proto) == "tcp" ? "0" : "32MiB",
         "--block-size", "64KiB", "--batch", "32", "--threads", "2", "--duration", "1.5"}));
   }
   for (auto& p : inits) {
