@@ -1,15 +1,18 @@
-// `kvferry run MODEL_DIR --prompt-token-ids 1,2,3 ...`: one request through the engine, offline.
+// `kvferry run MODEL_DIR --prompt TEXT [--chat] | --prompt-token-ids 1,2,3 ...`: one request
+// through the engine, offline, with the generated text streamed to stdout.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "apps/commands.h"
 #include "kvferry/base/base.h"
 #include "kvferry/engine/engine.h"
+#include "kvferry/tokenizer/tokenizer.h"
 
 namespace kvferry::apps {
 namespace {
@@ -17,23 +20,37 @@ namespace {
 struct RunArgs {
   std::string model_dir;
   std::vector<int32_t> prompt_token_ids;
-  // Text prompts (--prompt TEXT, --chat) come with the tokenizer component: resolve them in
-  // ResolvePrompt and detokenize in PrintResult.
+  std::string prompt;
+  bool chat = false;
+  std::string system;
   engine::SamplingParams sampling;
   int threads = 0;
   double timeout_s = 600;
   bool json = false;
 };
 
-StatusOr<std::vector<int32_t>> ResolvePrompt(const RunArgs& a) {
+// The prompt's token ids: given directly, or the text encoded (after rendering it as one user
+// message through the model's chat template with --chat).
+StatusOr<std::vector<int32_t>> ResolvePrompt(const RunArgs& a, const tokenizer::Tokenizer* tok) {
   if (!a.prompt_token_ids.empty()) return a.prompt_token_ids;
-  return InvalidArgumentError("give the prompt with --prompt-token-ids (text prompts are not supported yet)");
+  if (tok == nullptr) return InvalidArgumentError("give the prompt with --prompt TEXT or --prompt-token-ids 1,2,3");
+  if (!a.chat) {
+    if (a.prompt.empty()) return InvalidArgumentError("--prompt is empty");
+    return tok->Encode(a.prompt, /*add_special_tokens=*/true);
+  }
+  KVF_ASSIGN_OR_RETURN(auto tmpl, tokenizer::ChatTemplate::Load(a.model_dir));
+  std::vector<tokenizer::ChatMessage> messages;
+  if (!a.system.empty()) messages.push_back({"system", a.system});
+  messages.push_back({"user", a.prompt});
+  KVF_ASSIGN_OR_RETURN(std::string text, tmpl->Render(messages));
+  // The rendered template already carries its special tokens as text.
+  return tok->Encode(text, /*add_special_tokens=*/false);
 }
 
 struct Done {
   Mutex mu;
   CondVar cv;
-  std::vector<int32_t> tokens KVF_GUARDED_BY(mu);
+  std::vector<int32_t> tokens KVF_GUARDED_BY(mu);  // every generated id so far
   bool finished KVF_GUARDED_BY(mu) = false;
   engine::FinishReason reason KVF_GUARDED_BY(mu) = engine::FinishReason::kNone;
   Status error KVF_GUARDED_BY(mu);
@@ -44,8 +61,19 @@ int Run(const RunArgs& a) {
     std::fprintf(stderr, "kvferry run: %s\n", st.ToString().c_str());
     return 1;
   };
-  StatusOr<std::vector<int32_t>> prompt = ResolvePrompt(a);
+  const bool text_mode = a.prompt_token_ids.empty();
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (text_mode || !a.json) {
+    auto t = tokenizer::Tokenizer::Load(a.model_dir);
+    if (!t.ok()) {
+      if (text_mode) return fail(t.status());
+    } else {
+      tok = std::move(*t);
+    }
+  }
+  StatusOr<std::vector<int32_t>> prompt = ResolvePrompt(a, tok.get());
   if (!prompt.ok()) return fail(prompt.status());
+  const std::vector<int32_t> prompt_ids = *prompt;
 
   engine::EngineOptions o;
   o.model_dir = a.model_dir;
@@ -57,11 +85,12 @@ int Run(const RunArgs& a) {
   auto done = std::make_shared<Done>();
   engine::RequestSpec spec;
   spec.id = "run-0";
-  spec.prompt = std::move(*prompt);
+  spec.prompt = prompt_ids;
   spec.sampling = a.sampling;
   Status st = (*eng)->Add(std::move(spec), [done](const engine::Output& out) {
     MutexLock l(done->mu);
     done->tokens.insert(done->tokens.end(), out.new_tokens.begin(), out.new_tokens.end());
+    done->cv.NotifyAll();
     if (out.finished) {
       done->finished = true;
       done->reason = out.finish_reason;
@@ -73,9 +102,36 @@ int Run(const RunArgs& a) {
 
   const Deadline deadline = Deadline::After(std::chrono::duration_cast<Duration>(
       std::chrono::duration<double>(a.timeout_s)));
-  {
-    MutexLock l(done->mu);
-    while (!done->finished && !deadline.Expired()) done->cv.WaitUntil(done->mu, deadline);
+  // Text goes to stdout as it is generated (not from the engine's thread: a slow stdout must
+  // not stall the scheduler).
+  std::optional<tokenizer::IncrementalDetokenizer> detok;
+  const bool stream_text = tok != nullptr && !a.json;
+  if (stream_text) detok.emplace(*tok, /*skip_special_tokens=*/true);
+  size_t printed = 0;
+  std::string text;
+  for (;;) {
+    std::vector<int32_t> fresh;
+    bool finished = false;
+    {
+      MutexLock l(done->mu);
+      while (!done->finished && done->tokens.size() == printed && !deadline.Expired()) {
+        done->cv.WaitUntil(done->mu, deadline);
+      }
+      fresh.assign(done->tokens.begin() + static_cast<std::ptrdiff_t>(printed), done->tokens.end());
+      printed = done->tokens.size();
+      finished = done->finished;
+    }
+    if (detok && !fresh.empty()) {
+      std::string piece = detok->Add(fresh);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    if (finished || deadline.Expired()) break;
+  }
+  if (detok) {
+    std::string tail = detok->Finish();
+    std::fwrite(tail.data(), 1, tail.size(), stdout);
+    std::fputc('\n', stdout);
   }
   // Shutdown aborts the request if the deadline passed; the callback then records kAbort.
   (*eng)->Shutdown(Deadline::After(std::chrono::seconds(0)));
@@ -85,12 +141,17 @@ int Run(const RunArgs& a) {
     nlohmann::json j;
     j["token_ids"] = done->tokens;
     j["finish_reason"] = engine::FinishReasonName(done->reason);
+    j["num_prompt_tokens"] = prompt_ids.size();
+    if (tok) j["text"] = tok->Decode(done->tokens, /*skip_special_tokens=*/true);
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::string line;
-    for (size_t i = 0; i < done->tokens.size(); ++i) line += (i ? " " : "") + std::to_string(done->tokens[i]);
-    std::printf("%s\n", line.c_str());
-    std::fprintf(stderr, "finish_reason: %s\n", engine::FinishReasonName(done->reason));
+    if (!stream_text) {  // no tokenizer in the model directory: print the ids
+      std::string line;
+      for (size_t i = 0; i < done->tokens.size(); ++i) line += (i ? " " : "") + std::to_string(done->tokens[i]);
+      std::printf("%s\n", line.c_str());
+    }
+    std::fprintf(stderr, "finish_reason: %s, %zu prompt tokens, %zu generated\n",
+                 engine::FinishReasonName(done->reason), prompt_ids.size(), done->tokens.size());
   }
   if (done->reason == engine::FinishReason::kAbort) {
     std::fprintf(stderr, "kvferry run: timed out after %.0f s\n", a.timeout_s);
@@ -104,15 +165,18 @@ int Run(const RunArgs& a) {
 void AddRunCommand(CLI::App& app) {
   CLI::App* run = app.add_subcommand(
       "run",
-      "Generate from one prompt offline through the engine and print the token ids.\n"
-      "The prompt is given as token ids for now; text prompts (--prompt TEXT, --chat) will come\n"
-      "with the tokenizer component.");
+      "Generate from one prompt offline through the engine. The text streams to stdout as it is\n"
+      "generated; --json prints {\"token_ids\", \"text\", \"finish_reason\", \"num_prompt_tokens\"} at the end.\n"
+      "The prompt is text (--prompt, encoded with the model's tokenizer.json; --chat renders it as a user\n"
+      "message through the model's chat template first) or token ids (--prompt-token-ids).");
   auto a = std::make_shared<RunArgs>();
   a->sampling.temperature = 0;
   run->add_option("MODEL_DIR", a->model_dir, "HF model directory")->required();
-  run->add_option("--prompt-token-ids", a->prompt_token_ids, "Prompt as token ids: 1,2,3")
-      ->delimiter(',')
-      ->required();
+  auto* ids = run->add_option("--prompt-token-ids", a->prompt_token_ids, "Prompt as token ids: 1,2,3")->delimiter(',');
+  auto* text = run->add_option("--prompt", a->prompt, "Prompt text");
+  ids->excludes(text);
+  run->add_flag("--chat", a->chat, "Apply the model's chat template to --prompt (as one user message)")->needs(text);
+  run->add_option("--system", a->system, "With --chat: a system message before the prompt")->needs("--chat");
   run->add_option("--max-tokens", a->sampling.max_tokens, "Tokens to generate (default 16)");
   run->add_option("--temperature", a->sampling.temperature, "0 = greedy (default 0)");
   run->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass (default 1)");
@@ -122,7 +186,14 @@ void AddRunCommand(CLI::App& app) {
   run->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   run->add_option("--timeout", a->timeout_s, "Give up after this many seconds (default 600)");
   run->add_flag("--json", a->json, R"(Print {"token_ids":[...],"finish_reason":"..."})");
-  run->callback([a] { ExitCode() = Run(*a); });
+  run->callback([a] {
+    if (a->prompt_token_ids.empty() && a->prompt.empty()) {
+      std::fprintf(stderr, "kvferry run: give the prompt with --prompt TEXT or --prompt-token-ids 1,2,3\n");
+      ExitCode() = 2;
+      return;
+    }
+    ExitCode() = Run(*a);
+  });
 }
 
 }  // namespace kvferry::apps

@@ -1,10 +1,13 @@
 // MakeTinyModel: deterministic random-weight models in HF layout, and the placeholder tokenizer.
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -159,6 +162,97 @@ const char* kChatTemplate =
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
+// Text the tokenizer's extra merges are learned from (plain English, written for this file).
+const char* const kMergeCorpus =
+    "The ferry leaves the harbour at seven in the morning and returns before the evening tide. "
+    "Passengers wait on the pier with their bags, their bicycles and their coffee, watching the "
+    "water turn from grey to green as the sun comes over the hills. The captain checks the engine, "
+    "the weather and the list of cargo, then rings the bell twice. On the crossing there is time "
+    "to read, to talk with strangers or to stand at the rail and count the islands. Some people "
+    "travel every day for work; others come once in their life and remember it for years. "
+    "When the wind is strong the boat rolls, the children laugh and the older travellers hold "
+    "their cups with both hands. A small cafe below deck sells bread, soup, tea and cake. "
+    "The crew know the regular passengers by name and ask about their families, their gardens "
+    "and their plans for the summer. At the far side the road climbs between stone walls to a "
+    "village with a market, a school, a church and a station where trains run north to the city. "
+    "Computers and networks work much like the ferry: data waits in a queue, moves across a link "
+    "and arrives in order, and a careful system counts every byte, checks every message and "
+    "reports every error clearly. Good software is patient with slow clients, fair to every "
+    "request and honest about what it measured. Numbers such as 1, 2, 16, 128 and 4096 appear "
+    "in tables; questions like what, where, when, why and how appear in conversations. "
+    "Hello! How are you today? I am fine, thank you. Please tell me a story about the sea.";
+
+// Splits text the way the pre-tokenizer roughly does (an optional space and a run of letters,
+// or one other character) and maps bytes to the byte-level alphabet.
+std::map<std::vector<std::string>, int64_t> CorpusWords(const std::vector<std::string>& byte_char) {
+  std::map<std::vector<std::string>, int64_t> words;
+  const std::string text = kMergeCorpus;
+  size_t i = 0;
+  auto is_letter = [](char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; };
+  while (i < text.size()) {
+    size_t j = i;
+    if (text[j] == ' ' && j + 1 < text.size() && is_letter(text[j + 1])) ++j;
+    if (is_letter(text[j])) {
+      while (j < text.size() && is_letter(text[j])) ++j;
+    } else {
+      ++j;
+    }
+    std::vector<std::string> symbols;
+    for (size_t k = i; k < j; ++k) symbols.push_back(byte_char[static_cast<unsigned char>(text[k])]);
+    ++words[symbols];
+    i = j;
+  }
+  return words;
+}
+
+void ApplyMerge(std::map<std::vector<std::string>, int64_t>& words, const std::string& a, const std::string& b) {
+  std::map<std::vector<std::string>, int64_t> next;
+  for (const auto& [w, n] : words) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < w.size(); ++i) {
+      if (i + 1 < w.size() && w[i] == a && w[i + 1] == b) {
+        out.push_back(a + b);
+        ++i;
+      } else {
+        out.push_back(w[i]);
+      }
+    }
+    next[out] += n;
+  }
+  words = std::move(next);
+}
+
+// Byte-pair-encoding training on kMergeCorpus, after the fixed merges: up to `limit` new merges
+// (most frequent pair first, ties broken by the pair's text), none producing a token that
+// already exists.
+std::vector<std::pair<std::string, std::string>> LearnMerges(const std::vector<std::string>& byte_char,
+                                                             const json& vocab, int64_t limit) {
+  auto words = CorpusWords(byte_char);
+  for (int64_t i = 0; i < kNumMerges; ++i) ApplyMerge(words, kMerges[i][0], kMerges[i][1]);
+  std::set<std::string> known;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) known.insert(it.key());
+  std::vector<std::pair<std::string, std::string>> learned;
+  while (static_cast<int64_t>(learned.size()) < limit) {
+    std::map<std::pair<std::string, std::string>, int64_t> pairs;
+    for (const auto& [w, n] : words) {
+      for (size_t i = 0; i + 1 < w.size(); ++i) pairs[{w[i], w[i + 1]}] += n;
+    }
+    const std::pair<std::string, std::string>* best = nullptr;
+    int64_t best_n = 0;
+    for (const auto& [p, n] : pairs) {
+      if (n > best_n && known.count(p.first + p.second) == 0) {
+        best = &p;
+        best_n = n;
+      }
+    }
+    if (best == nullptr) break;  // every word is one token
+    learned.push_back(*best);
+    known.insert(best->first + best->second);
+    ApplyMerge(words, best->first, best->second);
+  }
+  return learned;
+}
+
 }  // namespace
 
 SpecialTokenIds PlaceholderSpecialTokens(int64_t vocab_size) {
@@ -191,6 +285,20 @@ Status WritePlaceholderTokenizer(const std::string& dir, const ModelConfig& conf
   for (int64_t i = 0; i < kNumMerges; ++i) {
     merges.push_back(std::string(kMerges[i][0]) + " " + kMerges[i][1]);
     vocab[std::string(kMerges[i][0]) + kMerges[i][1]] = 256 + i;
+  }
+  // Learned merges take the ids after the special tokens (small vocabularies) or after the
+  // fixed merges (Qwen-sized ones, whose special tokens sit at the end), so that as many ids
+  // as the corpus allows decode to real text.
+  {
+    std::vector<std::string> byte_char(256);
+    for (size_t i = 0; i < bs.size(); ++i) byte_char[bs[i]] = Utf8(cs[i]);
+    const bool specials_at_end = sp.endoftext > 256 + kNumMerges;
+    int64_t next_id = specials_at_end ? 256 + kNumMerges : sp.im_end + 1;
+    const int64_t end_id = specials_at_end ? sp.endoftext : config.vocab_size;
+    for (const auto& [a, b] : LearnMerges(byte_char, vocab, end_id - next_id)) {
+      merges.push_back(a + " " + b);
+      vocab[a + b] = next_id++;
+    }
   }
   json added = json::array();
   json added_decoder = json::object();
