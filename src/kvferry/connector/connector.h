@@ -29,6 +29,9 @@ struct ConnectorOptions {
   // Host the embedded bootstrap server binds ("0.0.0.0" = every interface).
   std::string bootstrap_bind_host = "0.0.0.0";
   int64_t dp_rank = 0;  // this instance's data-parallel rank (tp = pp = 0: one worker)
+  // Decoder: how long one load waits for the prefiller's answer once its pull was sent.
+  // Zero (default): config.abort_request_timeout + 60 s, as PROTOCOL.md §4 says.
+  Duration load_timeout = Duration::zero();
 };
 
 // kv_transfer_params of one request (PROTOCOL.md §2), as the server parsed them.
@@ -51,6 +54,7 @@ struct ConnectorStats {
   uint64_t expired_requests_total = 0;   // P: held blocks freed by the abort timeout
   uint64_t rejected_messages_total = 0;  // P: side-channel messages that failed to decode
   int64_t held_requests = 0;             // P: requests whose blocks are held now
+  int64_t waiting_pulls = 0;             // P: decoder pulls waiting for their prefill now
   int64_t pending_loads = 0;             // D: requests waiting for remote KV now
 };
 

@@ -1,0 +1,487 @@
+// A prefiller and a decoder engine in one process, each with its Connector on 127.0.0.1:
+// bootstrap, ZMQ side channel and transfer engine all real. Greedy output through the
+// disaggregated path must equal a colocated run token for token, and every fault path
+// must leave no KV block in use on either side.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <zmq.hpp>
+
+#include "kvferry/connector/connector.h"
+#include "kvferry/connector/side_channel.h"
+#include "kvferry/engine/engine_test_util.h"
+
+// TSan (see zmq_util.cc for the libzmq line): here prefiller and decoder share one process, so
+// the decoder's transfer-engine thread writes the KV bytes that the decoder's engine thread later
+// reads, ordered only by acknowledgements over loopback sockets (transfer engine, then ZMQ), which
+// TSan cannot see. Across processes, as deployed, there is no shared memory to race on.
+#if defined(__SANITIZE_THREAD__)
+extern "C" const char* __tsan_default_suppressions() {
+  return "called_from_lib:libzmq.so\n"
+         "race:kvferry::transfer::Server::ServeData\n";
+}
+#endif
+
+namespace kvferry::connector {
+namespace {
+
+using engine::Engine;
+using engine::EngineStats;
+using engine::FinishReason;
+using engine::Output;
+using engine::RequestSpec;
+using engine::testing::Collector;
+using engine::testing::Greedy;
+using engine::testing::RandomPrompt;
+using engine::testing::ReferenceGreedy;
+using engine::testing::Result;
+using namespace std::chrono_literals;
+
+struct SideOptions {
+  KvRole role = KvRole::kBoth;
+  transfer::Protocol protocol = transfer::Protocol::kTcp;
+  LoadFailurePolicy policy = LoadFailurePolicy::kFail;
+  Duration abort_timeout = 30s;
+  Duration load_timeout = 20s;
+  int64_t block_size = 16;
+};
+
+// One serving instance: an engine and its connector, wired as the server wires them.
+class Side {
+ public:
+  Side(const std::string& name, const SideOptions& so) {
+    ConnectorOptions o;
+    o.config.role = so.role;
+    o.config.engine_id = "engine-" + name;
+    o.config.protocol = so.protocol;
+    o.config.load_failure_policy = so.policy;
+    o.config.num_workers = 2;
+    o.config.bootstrap_port = 0;
+    o.config.abort_request_timeout = so.abort_timeout;
+    o.config.connector_timeout = 2s;
+    o.advertise_host = "127.0.0.1";
+    o.bootstrap_bind_host = "127.0.0.1";
+    o.load_timeout = so.load_timeout;
+    auto c = Connector::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (!c.ok()) return;
+    conn = std::move(*c);
+    engine::EngineOptions eo = engine::testing::TinyOptions();
+    eo.block_size = so.block_size;
+    eo.hooks = conn->Hooks();
+    auto e = Engine::Create(eo);
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    if (!e.ok()) return;
+    eng = std::move(*e);
+    Status st = conn->Start(eng.get());
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    started = st.ok();
+  }
+  ~Side() {
+    if (conn) conn->Shutdown(Deadline::After(10s));
+    if (eng) eng->Shutdown(Deadline::After(10s));
+    eng.reset();
+    conn.reset();
+  }
+
+  // BeginRequest + Add (+ CancelRequest when Add fails), outputs fed to the connector first.
+  StatusOr<engine::KvRole> Add(const std::string& id, RequestSpec spec, const RequestKvParams& params,
+                               Collector& col) {
+    KVF_ASSIGN_OR_RETURN(engine::KvRole role, conn->BeginRequest(id, params));
+    spec.id = id;
+    spec.kv_role = role;
+    Connector* c = conn.get();
+    engine::OutputCallback cb = col.Callback();
+    Status st = eng->Add(spec, [c, cb](const Output& o) {
+      c->OnOutput(o);
+      cb(o);
+    });
+    if (!st.ok()) {
+      c->CancelRequest(id);
+      return st;
+    }
+    return role;
+  }
+
+  bool BlocksFree(Duration timeout = 20s) {
+    return engine::testing::WaitStats(*eng, [](const EngineStats& s) { return s.blocks_used == 0; }, timeout);
+  }
+
+  std::unique_ptr<Connector> conn;
+  std::unique_ptr<Engine> eng;
+  bool started = false;
+};
+
+RequestKvParams PrefillLeg(const std::string& tid) {
+  RequestKvParams p;
+  p.do_remote_decode = true;
+  p.transfer_id = tid;
+  return p;
+}
+
+RequestKvParams DecodeLeg(const Side& prefiller, const std::string& tid) {
+  RequestKvParams p;
+  p.do_remote_prefill = true;
+  p.transfer_id = tid;
+  p.remote_bootstrap_addr = prefiller.conn->bootstrap_url();
+  p.remote_engine_id = prefiller.conn->config().engine_id;
+  return p;
+}
+
+template <typename Pred>
+bool WaitFor(Pred pred, Duration timeout = 20s) {
+  const Deadline d = Deadline::After(timeout);
+  while (!pred()) {
+    if (d.Expired()) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+uint64_t BlocksFor(size_t tokens) { return (tokens + 15) / 16; }
+
+class ConnectorE2ETest : public ::testing::TestWithParam<transfer::Protocol> {
+ protected:
+  void Make(SideOptions p_opts = {}, SideOptions d_opts = {}) {
+    p_opts.protocol = d_opts.protocol = GetParam();
+    p_ = std::make_unique<Side>("p", p_opts);
+    d_ = std::make_unique<Side>("d", d_opts);
+    ASSERT_TRUE(p_->started && d_->started);
+  }
+  void TearDown() override {
+    // Whatever happened, no KV block stays in use on either side.
+    if (p_ && p_->eng) {
+      EXPECT_TRUE(p_->BlocksFree()) << "prefiller blocks_used " << p_->eng->GetStats().blocks_used;
+      EXPECT_EQ(p_->conn->GetStats().held_requests, 0);
+    }
+    if (d_ && d_->eng) {
+      EXPECT_TRUE(d_->BlocksFree()) << "decoder blocks_used " << d_->eng->GetStats().blocks_used;
+      EXPECT_EQ(d_->conn->GetStats().pending_loads, 0);
+    }
+    d_.reset();
+    p_.reset();
+  }
+
+  // Both legs at once, as the proxy sends them; returns the decoder's result.
+  Result RunPair(const std::string& id, const std::vector<int32_t>& prompt, int max_tokens) {
+    const std::string tid = "xfer-" + id;
+    Collector pc, dc;
+    auto pr = p_->Add("p-" + id, Greedy("", prompt, 1), PrefillLeg(tid), pc);
+    EXPECT_TRUE(pr.ok()) << pr.status().ToString();
+    if (pr.ok()) {
+      EXPECT_EQ(*pr, engine::KvRole::kHoldForRemote);
+    }
+    auto dr = d_->Add("d-" + id, Greedy("", prompt, max_tokens), DecodeLeg(*p_, tid), dc);
+    EXPECT_TRUE(dr.ok()) << dr.status().ToString();
+    if (dr.ok()) {
+      EXPECT_EQ(*dr, engine::KvRole::kLoadRemote);
+    }
+    EXPECT_TRUE(dc.WaitFinished("d-" + id, 60s));
+    EXPECT_TRUE(pc.WaitFinished("p-" + id, 60s));
+    EXPECT_EQ(pc.Get("p-" + id).reason, FinishReason::kLength);
+    return dc.Get("d-" + id);
+  }
+
+  std::unique_ptr<Side> p_, d_;
+};
+
+TEST_P(ConnectorE2ETest, DisaggregatedEqualsColocated) {
+  SideOptions po, dopt;
+  po.role = KvRole::kProducer;
+  dopt.role = KvRole::kConsumer;
+  Make(po, dopt);
+  uint64_t blocks = 0;
+  const std::vector<int> lengths = {1, 15, 16, 17, 100};
+  for (int n : lengths) {
+    const auto prompt = RandomPrompt(n, 100 + n);
+    const Result r = RunPair("len" + std::to_string(n), prompt, 8);
+    EXPECT_EQ(r.reason, FinishReason::kLength) << n << ": " << r.error.ToString();
+    EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 8)) << "prompt of " << n << " tokens";
+    EXPECT_EQ(r.num_cached_tokens, n - 1);
+    blocks += BlocksFor(n);
+  }
+  ASSERT_TRUE(p_->BlocksFree());
+  const ConnectorStats ps = p_->conn->GetStats();
+  EXPECT_EQ(ps.transfers_total, lengths.size());
+  EXPECT_EQ(ps.transfer_bytes_total, blocks * p_->eng->kv_bytes_per_block());
+  EXPECT_GE(ps.transfer_descriptors_total, lengths.size());
+  EXPECT_LE(ps.transfer_descriptors_total, blocks);
+  EXPECT_EQ(ps.failed_transfers_total, 0u);
+  const ConnectorStats ds = d_->conn->GetStats();
+  EXPECT_EQ(ds.transfers_total, lengths.size());
+  EXPECT_EQ(ds.failed_receives_total, 0u);
+  const std::string text = p_->conn->MetricsText();
+  for (const char* name : {"kvferry:kv_transfers_total 5", "kvferry:kv_transfer_bytes_total",
+                           "# TYPE kvferry:kv_transfer_duration_seconds histogram",
+                           "kvferry:kv_transfer_duration_seconds_count 5", "kvferry:kv_transfer_descriptors_total",
+                           "kvferry:kv_transfer_failed_total 0", "kvferry:kv_receive_failed_total 0",
+                           "kvferry:kv_expired_requests_total 0"}) {
+    EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
+  }
+  // A consumer-only instance refuses the prefill leg, a producer-only one the decode leg.
+  EXPECT_EQ(d_->conn->BeginRequest("x", PrefillLeg("t")).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(p_->conn->BeginRequest("x", DecodeLeg(*p_, "t")).status().code(), StatusCode::kInvalidArgument);
+}
+
+// kv_both on both sides; the decoder's pull reaches the prefiller before its request does.
+TEST_P(ConnectorE2ETest, PullBeforePrefill) {
+  Make();
+  const auto prompt = RandomPrompt(40, 7);
+  Collector pc, dc;
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 6), DecodeLeg(*p_, "xfer-early"), dc).ok());
+  ASSERT_TRUE(WaitFor([&] { return p_->conn->GetStats().waiting_pulls == 1; }));
+  auto pr = p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-early"), pc);
+  ASSERT_TRUE(pr.ok());
+  EXPECT_EQ(*pr, engine::KvRole::kHoldForRemote);
+  ASSERT_TRUE(dc.WaitFinished("d", 60s));
+  EXPECT_EQ(dc.Get("d").tokens, ReferenceGreedy(prompt, 6));
+  EXPECT_EQ(p_->conn->GetStats().waiting_pulls, 0);
+  ASSERT_TRUE(pc.WaitFinished("p"));
+}
+
+TEST_P(ConnectorE2ETest, DecoderPrefixHitFetchesOnlyMissingBlocks) {
+  Make();
+  const auto prompt = RandomPrompt(45, 8);
+  // Warm the decoder's prefix cache with the first two blocks.
+  Collector wc;
+  std::vector<int32_t> head(prompt.begin(), prompt.begin() + 33);
+  ASSERT_TRUE(d_->Add("warm", Greedy("", head, 1), RequestKvParams{}, wc).ok());
+  ASSERT_TRUE(wc.WaitFinished("warm"));
+  const Result r = RunPair("hit", prompt, 6);
+  EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 6));
+  ASSERT_TRUE(p_->BlocksFree());
+  const ConnectorStats ps = p_->conn->GetStats();
+  EXPECT_EQ(ps.transfers_total, 1u);
+  EXPECT_EQ(ps.transfer_bytes_total, p_->eng->kv_bytes_per_block());  // the third block only
+  EXPECT_EQ(ps.transfer_descriptors_total, 1u);
+}
+
+// The decoder aborts while its pull waits for the prefill: the empty pull cancels it, and the
+// prefill that arrives later holds nothing.
+TEST_P(ConnectorE2ETest, AbortBeforeKvArrives) {
+  Make();
+  const auto prompt = RandomPrompt(40, 9);
+  Collector pc, dc;
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 6), DecodeLeg(*p_, "xfer-ab"), dc).ok());
+  ASSERT_TRUE(WaitFor([&] { return p_->conn->GetStats().waiting_pulls == 1; }));
+  d_->eng->Abort("d");
+  ASSERT_TRUE(dc.WaitFinished("d"));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kAbort);
+  ASSERT_TRUE(WaitFor([&] { return p_->conn->GetStats().waiting_pulls == 0; }, 5s));
+  auto pr = p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-ab"), pc);
+  ASSERT_TRUE(pr.ok());
+  EXPECT_EQ(*pr, engine::KvRole::kLocal);
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  EXPECT_TRUE(pc.Get("p").held_blocks.empty());
+  EXPECT_TRUE(p_->BlocksFree(5s));  // well before the 30 s abort timeout
+  EXPECT_EQ(p_->conn->GetStats().expired_requests_total, 0u);
+  EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 0u);
+}
+
+// The prefill finished and holds its blocks; the decoder never runs the request (Add failed):
+// its empty pull frees the prefiller at once.
+TEST_P(ConnectorE2ETest, DecoderCancelFreesHeldBlocks) {
+  Make();
+  const auto prompt = RandomPrompt(40, 10);
+  Collector pc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-c"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  EXPECT_EQ(pc.Get("p").held_blocks.size(), 3u);
+  EXPECT_EQ(p_->conn->GetStats().held_requests, 1);
+  auto role = d_->conn->BeginRequest("d", DecodeLeg(*p_, "xfer-c"));
+  ASSERT_TRUE(role.ok());
+  d_->conn->CancelRequest("d");
+  EXPECT_TRUE(p_->BlocksFree(5s));
+  EXPECT_EQ(p_->conn->GetStats().held_requests, 0);
+  EXPECT_EQ(p_->conn->GetStats().expired_requests_total, 0u);
+}
+
+TEST_P(ConnectorE2ETest, AbortTimeoutFreesHeldBlocks) {
+  SideOptions po;
+  po.abort_timeout = 300ms;
+  Make(po);
+  const auto prompt = RandomPrompt(40, 11);
+  Collector pc, dc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-exp"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  EXPECT_GT(p_->eng->GetStats().blocks_held, 0);
+  const double t0 = NowSeconds();
+  ASSERT_TRUE(p_->BlocksFree(10s));
+  EXPECT_GE(NowSeconds() - t0, 0.1);
+  EXPECT_EQ(p_->conn->GetStats().expired_requests_total, 1u);
+  EXPECT_NE(p_->conn->MetricsText().find("kvferry:kv_expired_requests_total 1"), std::string::npos);
+  // A late pull gets a clear error.
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-exp"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 20s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
+  EXPECT_NE(dc.Get("d").error.message().find("expired"), std::string::npos) << dc.Get("d").error.ToString();
+}
+
+// A pull whose prefill never comes fails after the prefiller's abort timeout, not never.
+TEST_P(ConnectorE2ETest, PullWithoutPrefillTimesOut) {
+  SideOptions po;
+  po.abort_timeout = 300ms;
+  Make(po);
+  Collector dc;
+  ASSERT_TRUE(d_->Add("d", Greedy("", RandomPrompt(20, 12), 4), DecodeLeg(*p_, "xfer-none"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 20s));
+  const Result r = dc.Get("d");
+  EXPECT_EQ(r.reason, FinishReason::kError);
+  EXPECT_NE(r.error.message().find("waiting for the prefill"), std::string::npos) << r.error.ToString();
+  EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
+}
+
+TEST_P(ConnectorE2ETest, DuplicateTransferIdRejected) {
+  Make();
+  const auto prompt = RandomPrompt(30, 13);
+  Collector pc;
+  ASSERT_TRUE(p_->Add("p1", Greedy("", prompt, 1), PrefillLeg("xfer-dup"), pc).ok());
+  EXPECT_EQ(p_->conn->BeginRequest("p2", PrefillLeg("xfer-dup")).status().code(), StatusCode::kAlreadyExists);
+  ASSERT_TRUE(pc.WaitFinished("p1"));
+  // Still held: still taken.
+  EXPECT_EQ(p_->conn->BeginRequest("p3", PrefillLeg("xfer-dup")).status().code(), StatusCode::kAlreadyExists);
+  // Bad params.
+  EXPECT_EQ(p_->conn->BeginRequest("p4", PrefillLeg("")).status().code(), StatusCode::kInvalidArgument);
+  RequestKvParams no_addr = DecodeLeg(*p_, "t");
+  no_addr.remote_bootstrap_addr.clear();
+  EXPECT_EQ(d_->conn->BeginRequest("d0", no_addr).status().code(), StatusCode::kInvalidArgument);
+  // Pulled and freed: the id may be used again.
+  Collector dc;
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 3), DecodeLeg(*p_, "xfer-dup"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 60s));
+  EXPECT_EQ(dc.Get("d").tokens, ReferenceGreedy(prompt, 3));
+  ASSERT_TRUE(p_->BlocksFree());
+  auto again = p_->conn->BeginRequest("p5", PrefillLeg("xfer-dup"));
+  EXPECT_TRUE(again.ok()) << again.status().ToString();
+  p_->conn->CancelRequest("p5");
+}
+
+// Junk on the ROUTER port: raw bytes, a frame that is not msgpack, a pull with the wrong block
+// size. Each is rejected; the prefiller keeps serving.
+TEST_P(ConnectorE2ETest, GarbageOnSideChannel) {
+  Make();
+  auto map = QueryBootstrap(p_->conn->bootstrap_url(), Deadline::After(5s));
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  const std::string addr = map->at(0).worker_addr.at(0).at(0);
+  ASSERT_EQ(addr.rfind("tcp://127.0.0.1:", 0), 0u) << addr;
+  const int port = std::stoi(addr.substr(addr.rfind(':') + 1));
+  {  // Raw TCP garbage.
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    std::string junk(4096, '\xff');
+    EXPECT_GT(::write(fd, junk.data(), junk.size()), 0);
+    ::close(fd);
+  }
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, 10000);
+  s.connect(addr);
+  auto ask = [&](const std::string& bytes) -> StatusOr<XferResponse> {
+    s.send(zmq::buffer(bytes), zmq::send_flags::none);
+    zmq::message_t m;
+    if (!s.recv(m)) return DeadlineExceededError("no reply");
+    return DecodeXferResponse(std::string_view(static_cast<const char*>(m.data()), m.size()));
+  };
+  auto r1 = ask("not msgpack at all");
+  ASSERT_TRUE(r1.ok()) << r1.status().ToString();
+  EXPECT_EQ(r1->status, XferStatus::kError);
+  EXPECT_GE(p_->conn->GetStats().rejected_messages_total, 1u);
+  XferMetadata m;
+  m.remote_hostname = "127.0.0.1";
+  m.remote_port = 1;
+  m.req_blocks["zz"] = ReqBlocks{"xfer-zz", {{0, 1}}};
+  m.kv_caches_base_addr = {4096};
+  m.block_lens = {12345};
+  auto r2 = ask(EncodeXferMetadata(m));
+  ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+  EXPECT_EQ(r2->status, XferStatus::kError);
+  EXPECT_EQ(r2->err_reqs, std::vector<std::string>{"zz"});
+  EXPECT_NE(r2->err_msg.find("block size mismatch"), std::string::npos) << r2->err_msg;
+  s.close();
+  // Still serving.
+  const auto prompt = RandomPrompt(20, 14);
+  EXPECT_EQ(RunPair("after", prompt, 4).tokens, ReferenceGreedy(prompt, 4));
+}
+
+TEST_P(ConnectorE2ETest, BootstrapUnreachableFails) {
+  Make();
+  RequestKvParams p = DecodeLeg(*p_, "xfer-nobody");
+  p.remote_bootstrap_addr = "http://127.0.0.1:1";
+  Collector dc;
+  const double t0 = NowSeconds();
+  ASSERT_TRUE(d_->Add("d", Greedy("", RandomPrompt(20, 15), 4), p, dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 30s));
+  EXPECT_LT(NowSeconds() - t0, 10.0);
+  const Result r = dc.Get("d");
+  EXPECT_EQ(r.reason, FinishReason::kError);
+  EXPECT_NE(r.error.message().find("bootstrap server http://127.0.0.1:1"), std::string::npos) << r.error.ToString();
+  EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
+}
+
+TEST_P(ConnectorE2ETest, BootstrapUnreachableRecomputes) {
+  SideOptions dopt;
+  dopt.policy = LoadFailurePolicy::kRecompute;
+  Make({}, dopt);
+  RequestKvParams p = DecodeLeg(*p_, "xfer-nobody");
+  p.remote_bootstrap_addr = "127.0.0.1:1";
+  const auto prompt = RandomPrompt(20, 16);
+  Collector dc;
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), p, dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 30s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kLength);
+  EXPECT_EQ(dc.Get("d").tokens, ReferenceGreedy(prompt, 4));
+  EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
+}
+
+// Different --block-size on the two sides: a clear error, and the prefiller frees at once.
+TEST_P(ConnectorE2ETest, BlockSizeMismatchIsAClearError) {
+  SideOptions dopt;
+  dopt.block_size = 8;
+  Make({}, dopt);
+  const auto prompt = RandomPrompt(30, 17);
+  Collector pc, dc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-bs"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-bs"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 30s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
+  EXPECT_NE(dc.Get("d").error.message().find("block size mismatch"), std::string::npos)
+      << dc.Get("d").error.ToString();
+  EXPECT_TRUE(p_->BlocksFree(5s));
+}
+
+// Shutdown with work outstanding: the pending load fails at once, held blocks are freed,
+// and a second Shutdown is a no-op.
+TEST_P(ConnectorE2ETest, ShutdownWithWorkOutstanding) {
+  Make();
+  Collector pc, dc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", RandomPrompt(30, 18), 1), PrefillLeg("xfer-held"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  ASSERT_TRUE(d_->Add("d", Greedy("", RandomPrompt(30, 19), 4), DecodeLeg(*p_, "xfer-never"), dc).ok());
+  ASSERT_TRUE(WaitFor([&] { return p_->conn->GetStats().waiting_pulls == 1; }));
+  const double t0 = NowSeconds();
+  d_->conn->Shutdown(Deadline::After(5s));
+  d_->conn->Shutdown(Deadline::After(5s));
+  ASSERT_TRUE(dc.WaitFinished("d", 10s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
+  p_->conn->Shutdown(Deadline::After(5s));
+  p_->conn->Shutdown(Deadline::After(5s));
+  EXPECT_LT(NowSeconds() - t0, 5.0);
+  EXPECT_FALSE(p_->conn->Ready());
+}
+
+INSTANTIATE_TEST_SUITE_P(Protocols, ConnectorE2ETest,
+                         ::testing::Values(transfer::Protocol::kTcp, transfer::Protocol::kShm),
+                         [](const auto& info) { return std::string(transfer::ProtocolName(info.param)); });
+
+}  // namespace
+}  // namespace kvferry::connector
