@@ -49,7 +49,8 @@ class ConnectorImpl final : public Connector {
       }
     };
     h.on_remote_kv_aborted = [this](const std::string& id) {
-      if (Consumer* c = consumer()) c->OnAborted(id);
+      Consumer* c = consumer();
+      return c != nullptr && c->OnAborted(id);
     };
     return h;
   }

@@ -136,18 +136,19 @@ void Consumer::OnNeeded(const std::string& request_id, std::span<const int32_t> 
   Enqueue(std::move(c));
 }
 
-void Consumer::OnAborted(const std::string& request_id) {
+bool Consumer::OnAborted(const std::string& request_id) {
   Command c;
   {
     MutexLock l(mu_);
     auto it = loads_.find(request_id);
-    if (it == loads_.end() || it->second.state != LoadState::kLoading) return;
+    if (it == loads_.end() || it->second.state != LoadState::kLoading) return false;
     const Load& ld = it->second;
     c.kind = Command::Kind::kAbort;
     c.pull = Pull{request_id, ld.transfer_id, ld.bootstrap_url, ld.engine_id, ld.dp_rank, {}, true, true};
     loads_.erase(it);
   }
   Enqueue(std::move(c));
+  return true;
 }
 
 void Consumer::Shutdown(const Deadline& deadline) {
@@ -223,6 +224,10 @@ void Consumer::Loop() {
     for (const auto& id : expired) {
       InFlight f = std::move(in_flight_.at(id));
       in_flight_.erase(id);
+      if (f.aborted) {  // no answer for an aborted load: stop holding its blocks
+        engine_->ReleaseHeldBlocks(id);
+        continue;
+      }
       if (stop) {
         Complete(id, UnavailableError("the decoder's connector shut down during the KV load"), 0, {});
         continue;
@@ -249,12 +254,23 @@ void Consumer::Process(Command c) {
       break;
     case Command::Kind::kAbort: {
       // A real pull still waiting for its bootstrap answer turns into the notice when sent.
+      // Either way no write can be under way yet, so the engine may free the blocks now.
       for (const auto& [url, b] : bootstrap_) {
         for (const Pull& p : b.waiters) {
-          if (p.request_id == c.pull.request_id && !p.empty) return;
+          if (p.request_id == c.pull.request_id && !p.empty) {
+            engine_->ReleaseHeldBlocks(c.pull.request_id);
+            return;
+          }
         }
       }
-      in_flight_.erase(c.pull.request_id);
+      // A pull that went out may be answered by a write into the blocks: they stay held until
+      // the prefiller's answer (or the load timeout).
+      auto f = in_flight_.find(c.pull.request_id);
+      if (f != in_flight_.end()) {
+        f->second.aborted = true;
+      } else {
+        engine_->ReleaseHeldBlocks(c.pull.request_id);
+      }
       Resolve(std::move(c.pull));
       break;
     }
@@ -402,6 +418,10 @@ void Consumer::HandleReply(const std::string& addr, const std::vector<std::strin
     if (it == in_flight_.end() || it->second.addr != addr) return;  // aborted, timed out, or a notice
     InFlight f = std::move(it->second);
     in_flight_.erase(it);
+    if (f.aborted) {  // the prefiller is done with the blocks of an aborted load
+      engine_->ReleaseHeldBlocks(id);
+      return;
+    }
     Complete(id, st, f.bytes, now - f.start);
   };
   for (const auto& id : r->ok_reqs) finish(id, Status::Ok());

@@ -49,7 +49,9 @@ class Consumer {
   bool OnOutput(const engine::Output& output);
   // The engine hooks.
   void OnNeeded(const std::string& request_id, std::span<const int32_t> block_ids, int num_local_cached_tokens);
-  void OnAborted(const std::string& request_id);
+  // True when a pull for the request may be out: the engine keeps its blocks until this
+  // consumer calls ReleaseHeldBlocks (on the prefiller's answer, or the load timeout).
+  bool OnAborted(const std::string& request_id);
 
   // Fails pending loads (the load-failure policy applies) and joins the threads. Idempotent.
   void Shutdown(const Deadline& deadline);
@@ -94,6 +96,7 @@ class Consumer {
     uint64_t bytes = 0;
     TimePoint start{};
     TimePoint deadline{};
+    bool aborted = false;  // the request is gone; its blocks are released on the answer
   };
 
   void Enqueue(Command c);

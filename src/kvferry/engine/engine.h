@@ -93,8 +93,11 @@ struct ConnectorHooks {
   std::function<void(const std::string& request_id, std::span<const int32_t> block_ids,
                       int num_local_cached_tokens)>
       on_remote_kv_needed;
-  // A parked kLoadRemote request was aborted (client gone) before its KV arrived.
-  std::function<void(const std::string& request_id)> on_remote_kv_aborted;
+  // A parked kLoadRemote request was aborted (client gone) before its KV arrived. Return true
+  // when a remote write into its blocks may still be in flight: the engine then keeps the
+  // blocks (counted as held, the id stays in use) until ReleaseHeldBlocks(request_id), so no
+  // other request can get them while a peer writes into them.
+  std::function<bool(const std::string& request_id)> on_remote_kv_aborted;
 };
 
 struct EngineOptions {
@@ -151,7 +154,8 @@ class Engine {
   // for its logits); otherwise `recompute` runs the prefill locally and !recompute finishes the
   // request with kError and `status`. No-op unless the request is parked.
   virtual void FinishRemoteKv(const std::string& request_id, Status status, bool recompute) = 0;
-  // Producer: frees the blocks a kHoldForRemote request kept. For a request that has not
+  // Producer: frees the blocks a kHoldForRemote request kept (consumer: the blocks of an
+  // aborted load kept while a write may have been in flight). For a request that has not
   // finished yet, its blocks are freed at its finish instead of held. No-op if unknown.
   virtual void ReleaseHeldBlocks(const std::string& request_id) = 0;
 

@@ -40,6 +40,7 @@ class HookRecorder {
       MutexLock l(mu_);
       aborted_.push_back(id);
       cv_.NotifyAll();
+      return write_in_flight_;
     };
     return h;
   }
@@ -56,12 +57,18 @@ class HookRecorder {
     MutexLock l(mu_);
     return aborted_;
   }
+  // What the abort hook answers: "a write into the blocks may still be in flight".
+  void set_write_in_flight(bool v) {
+    MutexLock l(mu_);
+    write_in_flight_ = v;
+  }
 
  private:
   Mutex mu_;
   CondVar cv_;
   std::map<std::string, Need> needs_ KVF_GUARDED_BY(mu_);
   std::vector<std::string> aborted_ KVF_GUARDED_BY(mu_);
+  bool write_in_flight_ KVF_GUARDED_BY(mu_) = false;
 };
 
 class ConnectorTest : public ::testing::Test {
@@ -284,6 +291,29 @@ TEST_F(ConnectorTest, AbortParkedCallsHookAndFrees) {
   EXPECT_EQ(hooks_.aborted(), std::vector<std::string>{"req"});
   EXPECT_EQ(consumer_->GetStats().blocks_used, 0);
   consumer_->FinishRemoteKv("req", Status::Ok(), false);  // late: ignored
+}
+
+TEST_F(ConnectorTest, AbortDuringAWriteKeepsTheBlocksUntilReleased) {
+  hooks_.set_write_in_flight(true);
+  Collector c;
+  const auto prompt = RandomPrompt(40, 28);
+  ASSERT_TRUE(consumer_->Add(Consume("req", prompt, 8), c.Callback()).ok());
+  HookRecorder::Need need;
+  ASSERT_TRUE(hooks_.WaitNeed("req", &need));
+  consumer_->Abort("req");
+  ASSERT_TRUE(c.WaitFinished("req"));
+  EXPECT_EQ(c.Get("req").reason, FinishReason::kAbort);
+  // The peer may still write into them: nobody else may get these blocks yet.
+  EngineStats s = consumer_->GetStats();
+  EXPECT_EQ(s.blocks_used, static_cast<int64_t>(need.blocks.size()));
+  EXPECT_EQ(s.blocks_held, static_cast<int64_t>(need.blocks.size()));
+  // The id stays in use until the release.
+  EXPECT_EQ(consumer_->Add(Consume("req", prompt, 8), c.Callback()).code(), StatusCode::kAlreadyExists);
+  consumer_->ReleaseHeldBlocks("req");
+  const Deadline d = Deadline::After(std::chrono::seconds(10));
+  while (consumer_->GetStats().blocks_used != 0 && !d.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(consumer_->GetStats().blocks_used, 0);
+  EXPECT_EQ(consumer_->GetStats().blocks_held, 0);
 }
 
 TEST_F(ConnectorTest, ParkedRequestsDoNotHoldUpOthersAndCountAsWaiting) {

@@ -58,6 +58,7 @@ struct Request {
   uint64_t last_block_hash = 0;      // chain hash of block num_committed_blocks - 1
   int num_cached_tokens = -1;        // reported in Output; set at first admission
   bool hold_released = false;        // kHoldForRemote: ReleaseHeldBlocks came before the finish
+  bool keep_blocks_after_abort = false;  // kLoadRemote aborted mid-load: blocks held until released
 };
 
 }  // namespace kvferry::engine

@@ -62,7 +62,10 @@ void Scheduler::Finish(Request* r, FinishReason reason, Status status, std::vect
   RemoveFromQueues(r);
   const bool hold = r->kv_role == KvRole::kHoldForRemote && !r->hold_released &&
                     (reason == FinishReason::kStop || reason == FinishReason::kLength);
-  if (hold) {
+  if (r->keep_blocks_after_abort) {
+    num_held_blocks_ += static_cast<int64_t>(r->block_table.size());
+    held_[r->id] = std::move(r->block_table);
+  } else if (hold) {
     const size_t keep = static_cast<size_t>(CeilDiv(r->num_prompt_tokens, blocks_.block_size()));
     FreeBlocks(r, keep);
     o.held_blocks = r->block_table;
@@ -81,8 +84,10 @@ void Scheduler::Abort(const std::string& id, std::vector<Delivery>* out) {
   auto it = live_.find(id);
   if (it == live_.end()) return;
   Request* r = it->second.get();
-  if (r->state == RequestState::kParkedRemote && options_.hooks.on_remote_kv_aborted)
-    options_.hooks.on_remote_kv_aborted(id);
+  if (r->state == RequestState::kParkedRemote && options_.hooks.on_remote_kv_aborted) {
+    // A peer may still be writing into the blocks: keep them until the connector says it is done.
+    r->keep_blocks_after_abort = options_.hooks.on_remote_kv_aborted(id);
+  }
   Finish(r, FinishReason::kAbort, Status::Ok(), {}, {}, out);
 }
 
