@@ -48,6 +48,7 @@ struct RequestKvParams {
 struct ConnectorStats {
   uint64_t transfers_total = 0;          // KV transfers completed (sent by P, received by D)
   uint64_t transfer_bytes_total = 0;
+  uint64_t transfer_blocks_total = 0;
   uint64_t transfer_descriptors_total = 0;
   uint64_t failed_transfers_total = 0;   // P: writes or pulls that failed
   uint64_t failed_receives_total = 0;    // D: loads that failed (error, timeout, bad peer)

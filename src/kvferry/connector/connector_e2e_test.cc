@@ -208,14 +208,16 @@ TEST_P(ConnectorE2ETest, DisaggregatedEqualsColocated) {
   const ConnectorStats ps = p_->conn->GetStats();
   EXPECT_EQ(ps.transfers_total, lengths.size());
   EXPECT_EQ(ps.transfer_bytes_total, blocks * p_->eng->kv_bytes_per_block());
+  EXPECT_EQ(ps.transfer_blocks_total, blocks);
   EXPECT_GE(ps.transfer_descriptors_total, lengths.size());
   EXPECT_LE(ps.transfer_descriptors_total, blocks);
   EXPECT_EQ(ps.failed_transfers_total, 0u);
   const ConnectorStats ds = d_->conn->GetStats();
   EXPECT_EQ(ds.transfers_total, lengths.size());
+  EXPECT_EQ(ds.transfer_blocks_total, blocks);
   EXPECT_EQ(ds.failed_receives_total, 0u);
   const std::string text = p_->conn->MetricsText();
-  for (const char* name : {"kvferry:kv_transfers_total 5", "kvferry:kv_transfer_bytes_total",
+  for (const char* name : {"kvferry:kv_transfers_total 5", "kvferry:kv_transfer_bytes_total", "kvferry:kv_transfer_blocks_total",
                            "# TYPE kvferry:kv_transfer_duration_seconds histogram",
                            "kvferry:kv_transfer_duration_seconds_count 5", "kvferry:kv_transfer_descriptors_total",
                            "kvferry:kv_transfer_failed_total 0", "kvferry:kv_receive_failed_total 0",
@@ -257,6 +259,7 @@ TEST_P(ConnectorE2ETest, DecoderPrefixHitFetchesOnlyMissingBlocks) {
   const ConnectorStats ps = p_->conn->GetStats();
   EXPECT_EQ(ps.transfers_total, 1u);
   EXPECT_EQ(ps.transfer_bytes_total, p_->eng->kv_bytes_per_block());  // the third block only
+  EXPECT_EQ(ps.transfer_blocks_total, 1u);
   EXPECT_EQ(ps.transfer_descriptors_total, 1u);
 }
 

@@ -458,7 +458,7 @@ void Consumer::Complete(const std::string& request_id, const Status& st, uint64_
   }
   const bool recompute = config_.load_failure_policy == LoadFailurePolicy::kRecompute;
   if (st.ok()) {
-    metrics_->RecordTransfer(bytes, 0, Secs(took));
+    metrics_->RecordTransfer(bytes, block_bytes_ > 0 ? bytes / block_bytes_ : 0, 0, Secs(took));
   } else {
     metrics_->AddFailedReceive();
     KVF_LOG_WARN("connector: KV load of request {} failed ({}): {}", request_id, recompute ? "recomputing" : "failing",

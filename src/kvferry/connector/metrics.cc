@@ -36,10 +36,11 @@ void Histogram(std::string* out, const char* name, const char* help, const std::
 
 }  // namespace
 
-void Metrics::RecordTransfer(uint64_t bytes, uint64_t descriptors, double seconds) {
+void Metrics::RecordTransfer(uint64_t bytes, uint64_t blocks, uint64_t descriptors, double seconds) {
   MutexLock l(mu_);
   ++c_.transfers_total;
   c_.transfer_bytes_total += bytes;
+  c_.transfer_blocks_total += blocks;
   ++duration_[Bucket(kDurationBucketsS, seconds)];
   duration_sum_ += seconds;
   if (descriptors > 0) {
@@ -76,6 +77,7 @@ std::string Metrics::Text(const ConnectorStats& s) const {
   Counter(&out, "kvferry:kv_transfers_total", "KV transfers completed (written by this prefiller or received by this decoder).",
           s.transfers_total);
   Counter(&out, "kvferry:kv_transfer_bytes_total", "KV bytes transferred.", s.transfer_bytes_total);
+  Counter(&out, "kvferry:kv_transfer_blocks_total", "KV cache blocks transferred.", s.transfer_blocks_total);
   Counter(&out, "kvferry:kv_transfer_descriptors_total", "Transfer-engine descriptors submitted (after coalescing).",
           s.transfer_descriptors_total);
   Counter(&out, "kvferry:kv_transfer_failed_total", "Prefiller: KV sends that failed.", s.failed_transfers_total);

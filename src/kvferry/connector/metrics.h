@@ -20,7 +20,7 @@ inline constexpr std::array<double, 9> kDescriptorBuckets = {1, 2, 4, 8, 16, 32,
 class Metrics {
  public:
   // A transfer that completed: P wrote it (descriptors > 0) or D received it (descriptors 0).
-  void RecordTransfer(uint64_t bytes, uint64_t descriptors, double seconds);
+  void RecordTransfer(uint64_t bytes, uint64_t blocks, uint64_t descriptors, double seconds);
   void AddFailedTransfer(uint64_t n = 1);
   void AddFailedReceive();
   void AddExpired();

@@ -408,7 +408,7 @@ void Producer::Execute(Run run) {
                        : Write(run.job, run.held, &bytes, &descriptors);
   const double secs = Secs(Now() - start);
   if (st.ok()) {
-    metrics_->RecordTransfer(bytes, descriptors, secs);
+    metrics_->RecordTransfer(bytes, run.job.blocks.size(), descriptors, secs);
     KVF_LOG_DEBUG("connector: sent transfer {} ({} blocks, {} bytes, {} descriptors) to {} in {:.3f} ms",
                   run.job.transfer_id, run.job.blocks.size(), bytes, descriptors, run.job.ctx->segment, secs * 1e3);
   } else {
