@@ -2,6 +2,7 @@
 // /health, /metrics, /tokenize, /detokenize). Generation lives in generate.cc.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -200,7 +201,7 @@ void FrontendImpl::Detokenize(const http::Request& req, http::Responder& r, std:
   auto tokens = j.find("tokens");
   if (tokens == j.end() || !tokens->is_array())
     return RespondError(r, 400, "'tokens' must be a list of token ids", "tokens", std::move(h));
-  const int64_t vocab = shared_->o.tokenizer->vocab_size();
+  const int64_t vocab = std::max<int64_t>(shared_->o.tokenizer->vocab_size(), shared_->o.engine->model_config().vocab_size);
   std::vector<int32_t> ids;
   for (size_t i = 0; i < tokens->size(); ++i) {
     const json& t = (*tokens)[i];
