@@ -8,6 +8,7 @@
 #include <ctime>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "apps/commands.h"
@@ -112,6 +113,10 @@ int Serve(const ServeArgs& a) {
   const Deadline deadline = Deadline::After(
       std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
   if (Status st = frontend->Drain(deadline); !st.ok()) KVF_LOG_WARN("serve: drain: {}", st.ToString());
+  // The last answers may still sit in connection buffers: give clients a moment (bounded) to
+  // read them and hang up before Stop() closes every connection.
+  const Deadline flush = Deadline::After(std::chrono::seconds(2));
+  while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   (*srv)->Stop();
   fe->reset();
   engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
