@@ -18,5 +18,16 @@ echo "kvferry run: $expected"
 # bf16 KV like `kvferry run` (its default), so the server must reproduce run's tokens exactly.
 start_server "$bin" "$dir/m" "$dir/server.log" --threads 1 --kv-cache-dtype bf16 --max-model-len 512
 timeout 240 node "$src/tests/serve_openai_test.mjs" "http://127.0.0.1:$PORT" "$src" "[$prompt]" "$expected"
+# The load generator against the same server, streamed and not.
+for flag in --stream ""; do
+  out="$(timeout 120 "$bin" bench serve --url "http://127.0.0.1:$PORT" --concurrency 4 --num-prompts 8 --input-len 16 \
+        --output-len 8 --token-id-max 267 --json $flag 2>/dev/null)"
+  echo "bench serve $flag: $out"
+  for key in req_s output_tok_s ttft_p50_ms ttft_p99_ms tpot_p50_ms tpot_p99_ms; do
+    grep -Eq "\"$key\":[0-9]" <<<"$out" || { echo "no $key"; exit 1; }
+  done
+  grep -q '"failed":0' <<<"$out" || { echo "bench serve had failures"; exit 1; }
+  grep -q '"output_tokens":64' <<<"$out" || { echo "bench serve did not get 8 x 8 tokens"; exit 1; }
+done
 stop_server
 echo OK
