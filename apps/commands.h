@@ -27,6 +27,11 @@ void AddRunCommand(CLI::App& app);
 // `kvferry bench engine`, added to the `bench` subcommand (bench_engine_cmd.cc).
 void AddEngineBenchCommand(CLI::App& bench);
 
+// `kvferry serve MODEL_DIR` (serve_cmd.cc) and `kvferry bench serve` (bench_serve_cmd.cc); only
+// in builds with the HTTP component (KVFERRY_WITH_SERVE).
+void AddServeCommand(CLI::App& app);
+void AddServeBenchCommand(CLI::App& bench);
+
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 

@@ -38,6 +38,10 @@ int main(int argc, char** argv) {
   kvferry::apps::AddModelBenchCommands(bench);
   kvferry::apps::AddEngineBenchCommand(bench);
   kvferry::apps::AddDemoCommand(app);
+#ifdef KVFERRY_WITH_SERVE
+  kvferry::apps::AddServeCommand(app);
+  kvferry::apps::AddServeBenchCommand(bench);
+#endif
 
   CLI11_PARSE(app, argc, argv);
   return kvferry::apps::ExitCode();

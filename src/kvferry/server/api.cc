@@ -278,6 +278,7 @@ StatusOr<GenerateRequest> ParseGenerateRequest(std::string_view body, GenerateRe
   }
   KVF_RETURN_IF_ERROR(p.Bool("include_stop_str_in_output", &r.include_stop_str_in_output));
   KVF_RETURN_IF_ERROR(p.Bool("skip_special_tokens", &r.skip_special_tokens));
+  KVF_RETURN_IF_ERROR(p.Bool("return_token_ids", &r.return_token_ids));
   KVF_RETURN_IF_ERROR(ParseKvTransferParams(p, p.Get("kv_transfer_params"), &r.kv));
   return r;
 }

@@ -56,6 +56,8 @@ struct GenerateRequest {
   int min_tokens = 0;
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;
+  // vLLM extension: also return the prompt's and each choice's token ids.
+  bool return_token_ids = false;
   // Completions: `logprobs` (top-n, 0..20). Chat: `logprobs: true` + `top_logprobs` (0..20).
   // -1 = no logprobs.
   int logprobs = -1;

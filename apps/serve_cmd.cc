@@ -1,0 +1,155 @@
+// `kvferry serve MODEL_DIR`: the OpenAI-compatible server (docs/serve.md).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apps/commands.h"
+#include "apps/engine_flags.h"
+#include "kvferry/base/base.h"
+#include "kvferry/engine/engine.h"
+#include "kvferry/http/http.h"
+#include "kvferry/server/server.h"
+#include "kvferry/tokenizer/tokenizer.h"
+
+namespace kvferry::apps {
+namespace {
+
+struct ServeArgs {
+  std::string model_dir;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::vector<std::string> served_model_names;
+  std::string api_key;
+  std::string kv_transfer_config;
+  double shutdown_timeout_s = 30;
+  int io_threads = 4;
+  std::string max_request_body = "8MiB";
+  EngineFlags engine;
+};
+
+int Fail(const Status& st) {
+  std::fprintf(stderr, "kvferry serve: %s\n", st.ToString().c_str());
+  return 1;
+}
+
+int Serve(const ServeArgs& a) {
+  // SIGINT/SIGTERM are taken synchronously by this thread (sigtimedwait below). Block them before
+  // any thread starts so every thread inherits the mask and none runs a default handler.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  if (!a.kv_transfer_config.empty()) {
+    // LEAD: connector wiring
+    return Fail(UnimplementedError("--kv-transfer-config is not wired yet"));
+  }
+  if (a.port < 0 || a.port > 65535) return Fail(InvalidArgumentError("--port must be in [0, 65535]"));
+  if (a.io_threads < 1) return Fail(InvalidArgumentError("--http-threads must be >= 1"));
+  if (a.shutdown_timeout_s < 0) return Fail(InvalidArgumentError("--shutdown-timeout must be >= 0"));
+  StatusOr<uint64_t> max_body = ParseByteSize(a.max_request_body);
+  if (!max_body.ok() || *max_body == 0) return Fail(InvalidArgumentError("--max-request-body: expected a size such as 8MiB"));
+  StatusOr<engine::EngineOptions> options = ToEngineOptions(a.engine, a.model_dir);
+  if (!options.ok()) return Fail(options.status());
+
+  StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(a.model_dir);
+  if (!tok.ok()) return Fail(tok.status());
+  std::unique_ptr<tokenizer::ChatTemplate> chat;
+  if (auto t = tokenizer::ChatTemplate::Load(a.model_dir); t.ok()) {
+    chat = std::move(*t);
+  } else {
+    KVF_LOG_WARN("serve: no usable chat template ({}); /v1/chat/completions will answer 400", t.status().ToString());
+  }
+  StatusOr<std::unique_ptr<engine::Engine>> eng = engine::Engine::Create(*options);
+  if (!eng.ok()) return Fail(eng.status());
+  engine::Engine& engine = **eng;
+
+  server::FrontendOptions fo;
+  fo.engine = &engine;
+  fo.tokenizer = tok->get();
+  fo.chat_template = chat.get();
+  fo.served_model_names = a.served_model_names;
+  if (fo.served_model_names.empty()) fo.served_model_names.push_back(a.model_dir);
+  fo.model_root = a.model_dir;
+  fo.api_key = a.api_key;
+  StatusOr<std::unique_ptr<server::Frontend>> fe = server::Frontend::Create(fo);
+  if (!fe.ok()) return Fail(fe.status());
+  server::Frontend* frontend = fe->get();
+
+  http::ServerOptions so;
+  so.host = a.host;
+  so.port = static_cast<uint16_t>(a.port);
+  so.io_threads = a.io_threads;
+  so.max_body_bytes = *max_body;
+  StatusOr<std::unique_ptr<http::Server>> srv = http::Server::Create(
+      so, [frontend](http::Request req, std::shared_ptr<http::Responder> resp) {
+        frontend->Handle(std::move(req), std::move(resp));
+      });
+  if (!srv.ok()) {
+    engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
+    return Fail(srv.status());
+  }
+  const engine::EngineStats stats = engine.GetStats();
+  KVF_LOG_INFO("serve: model {} at http://{}:{} (max_model_len {}, {} KV blocks of {} tokens, {} KV arena)",
+               fo.served_model_names.front(), a.host, (*srv)->port(), engine.max_model_len(), stats.blocks_total,
+               engine.block_size(), FormatBytes(engine.kv_size_bytes()));
+
+  int sig = 0;
+  while (sig <= 0) {
+    const timespec one_second{1, 0};
+    sig = sigtimedwait(&stop_signals, nullptr, &one_second);
+  }
+  KVF_LOG_INFO("serve: {}: no new requests; draining {} in flight (up to {} s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               frontend->active_requests(), a.shutdown_timeout_s);
+  const Deadline deadline = Deadline::After(
+      std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
+  if (Status st = frontend->Drain(deadline); !st.ok()) KVF_LOG_WARN("serve: drain: {}", st.ToString());
+  // The last answers may still sit in connection buffers: give clients a moment (bounded) to
+  // read them and hang up before Stop() closes every connection.
+  const Deadline flush = Deadline::After(std::chrono::seconds(2));
+  while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  (*srv)->Stop();
+  fe->reset();
+  engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
+  KVF_LOG_INFO("serve: stopped");
+  return 0;
+}
+
+}  // namespace
+
+void AddServeCommand(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "serve",
+      "Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,\n"
+      "/health, /metrics, /tokenize, /detokenize). Flag names follow `vllm serve`. SIGTERM or SIGINT stops\n"
+      "intake, lets requests in flight finish (up to --shutdown-timeout) and exits 0. See docs/serve.md.");
+  auto a = std::make_shared<ServeArgs>();
+  cmd->add_option("MODEL_DIR", a->model_dir, "HF model directory (config.json, safetensors, tokenizer.json)")
+      ->required();
+  cmd->add_option("--host", a->host, "Address to listen on (default 0.0.0.0)");
+  cmd->add_option("--port", a->port, "Port to listen on; 0 picks a free one (default 8000)");
+  cmd->add_option("--served-model-name", a->served_model_names,
+                  "Model name(s) clients use in \"model\" (repeatable; default MODEL_DIR); the first is reported");
+  cmd->add_option("--api-key", a->api_key,
+                  "Require 'Authorization: Bearer KEY' on /v1/* (default: no key, Authorization ignored)");
+  cmd->add_option("--kv-transfer-config", a->kv_transfer_config,
+                  "Disaggregated prefill/decode: MooncakeConnector config as JSON (PROTOCOL.md section 1)");
+  cmd->add_option("--shutdown-timeout", a->shutdown_timeout_s,
+                  "Seconds requests in flight get to finish after SIGTERM before they are aborted (default 30)");
+  cmd->add_option("--http-threads", a->io_threads, "HTTP io threads (default 4)");
+  cmd->add_option("--max-request-body", a->max_request_body,
+                  "Largest request body; larger ones get 413 (default 8MiB)");
+  AddEngineFlags(cmd, &a->engine);
+  cmd->callback([a] { ExitCode() = Serve(*a); });
+}
+
+}  // namespace kvferry::apps

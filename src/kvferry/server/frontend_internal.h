@@ -1,0 +1,53 @@
+#pragma once
+// Private to server/: the state the Frontend shares with in-flight requests (frontend.cc routes
+// and answers the simple endpoints; generate.cc runs completions and chat completions).
+
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kvferry/base/base.h"
+#include "kvferry/server/metrics.h"
+#include "kvferry/server/server.h"
+
+namespace kvferry::server {
+
+class Call;  // one generation request in flight (generate.cc)
+
+// Kept alive by the Frontend and by every in-flight Call, so engine callbacks that outlive the
+// Frontend still find it.
+struct Shared {
+  explicit Shared(const FrontendOptions& options)
+      : o(options), metrics(options.served_model_names.front()), rng(std::random_device{}()) {}
+
+  const FrontendOptions o;
+  ServerMetrics metrics;
+
+  Mutex mu;
+  CondVar cv;  // signalled when `active` shrinks
+  bool draining KVF_GUARDED_BY(mu) = false;
+  std::map<std::string, std::weak_ptr<Call>> active KVF_GUARDED_BY(mu);
+  std::mt19937_64 rng KVF_GUARDED_BY(mu);
+
+  // "<prefix><32 hex digits>", unique for the life of the process.
+  std::string NewId(const char* prefix);
+};
+
+// Answers with an OpenAI error object (and the echoed X-Request-Id).
+void RespondError(http::Responder& r, int status, std::string_view message, std::string_view param,
+                  std::vector<http::Header> headers);
+
+// POST /v1/completions and /v1/chat/completions.
+void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& request,
+                    std::shared_ptr<http::Responder> responder, GenerateRequest::Kind kind,
+                    std::vector<http::Header> headers);
+
+// Aborts every engine request of `call` that has not finished (client gone, drain deadline).
+void AbortCall(Call& call);
+
+// Turns a chat request's messages into prompt text with the model's template.
+StatusOr<std::string> RenderChat(const Shared& shared, const GenerateRequest& r);
+
+}  // namespace kvferry::server
