@@ -14,6 +14,7 @@
 #include "apps/commands.h"
 #include "apps/engine_flags.h"
 #include "kvferry/base/base.h"
+#include "kvferry/connector/connector.h"
 #include "kvferry/engine/engine.h"
 #include "kvferry/http/http.h"
 #include "kvferry/server/server.h"
@@ -49,10 +50,6 @@ int Serve(const ServeArgs& a) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  if (!a.kv_transfer_config.empty()) {
-    // LEAD: connector wiring
-    return Fail(UnimplementedError("--kv-transfer-config is not wired yet"));
-  }
   if (a.port < 0 || a.port > 65535) return Fail(InvalidArgumentError("--port must be in [0, 65535]"));
   if (a.io_threads < 1) return Fail(InvalidArgumentError("--http-threads must be >= 1"));
   if (a.shutdown_timeout_s < 0) return Fail(InvalidArgumentError("--shutdown-timeout must be >= 0"));
@@ -60,6 +57,23 @@ int Serve(const ServeArgs& a) {
   if (!max_body.ok() || *max_body == 0) return Fail(InvalidArgumentError("--max-request-body: expected a size such as 8MiB"));
   StatusOr<engine::EngineOptions> options = ToEngineOptions(a.engine, a.model_dir);
   if (!options.ok()) return Fail(options.status());
+
+  // Disaggregated prefill/decode: the MooncakeConnector plugs into the engine's hooks.
+  std::unique_ptr<connector::Connector> conn;
+  if (!a.kv_transfer_config.empty()) {
+    StatusOr<connector::KvTransferConfig> cfg = connector::ParseKvTransferConfig(a.kv_transfer_config);
+    if (!cfg.ok()) return Fail(cfg.status().WithContext("--kv-transfer-config"));
+    connector::ConnectorOptions co;
+    co.config = std::move(*cfg);
+    // Listening on every interface: advertise the host's primary address to peers.
+    const bool wildcard = a.host.empty() || a.host == "0.0.0.0" || a.host == "::";
+    co.advertise_host = wildcard ? "" : a.host;
+    co.bootstrap_bind_host = wildcard ? "0.0.0.0" : a.host;
+    StatusOr<std::unique_ptr<connector::Connector>> c = connector::Connector::Create(co);
+    if (!c.ok()) return Fail(c.status());
+    conn = std::move(*c);
+    options->hooks = conn->Hooks();
+  }
 
   StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(a.model_dir);
   if (!tok.ok()) return Fail(tok.status());
@@ -72,6 +86,13 @@ int Serve(const ServeArgs& a) {
   StatusOr<std::unique_ptr<engine::Engine>> eng = engine::Engine::Create(*options);
   if (!eng.ok()) return Fail(eng.status());
   engine::Engine& engine = **eng;
+  if (conn) {
+    if (Status st = conn->Start(&engine); !st.ok()) {
+      conn->Shutdown(Deadline::After(std::chrono::seconds(5)));
+      engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
+      return Fail(st.WithContext("kv connector"));
+    }
+  }
 
   server::FrontendOptions fo;
   fo.engine = &engine;
@@ -81,6 +102,7 @@ int Serve(const ServeArgs& a) {
   if (fo.served_model_names.empty()) fo.served_model_names.push_back(a.model_dir);
   fo.model_root = a.model_dir;
   fo.api_key = a.api_key;
+  fo.connector = conn.get();
   StatusOr<std::unique_ptr<server::Frontend>> fe = server::Frontend::Create(fo);
   if (!fe.ok()) return Fail(fe.status());
   server::Frontend* frontend = fe->get();
@@ -95,6 +117,7 @@ int Serve(const ServeArgs& a) {
         frontend->Handle(std::move(req), std::move(resp));
       });
   if (!srv.ok()) {
+    if (conn) conn->Shutdown(Deadline::After(std::chrono::seconds(5)));
     engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
     return Fail(srv.status());
   }
@@ -119,6 +142,7 @@ int Serve(const ServeArgs& a) {
   while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   (*srv)->Stop();
   fe->reset();
+  if (conn) conn->Shutdown(Deadline::After(std::chrono::seconds(10)));
   engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
   KVF_LOG_INFO("serve: stopped");
   return 0;
