@@ -5,6 +5,9 @@
 #include <cstdio>
 
 #include "apps/commands.h"
+#ifdef KVFERRY_HAVE_PROXY
+#include "apps/proxy_cmd.h"
+#endif
 #include "kvferry/base/base.h"
 
 namespace kvferry::apps {
@@ -38,6 +41,10 @@ int main(int argc, char** argv) {
   kvferry::apps::AddModelBenchCommands(bench);
   kvferry::apps::AddEngineBenchCommand(bench);
   kvferry::apps::AddDemoCommand(app);
+#ifdef KVFERRY_HAVE_PROXY
+  kvferry::apps::AddProxyCommand(app);
+  kvferry::apps::AddProxyBenchCommand(bench);
+#endif
 
   CLI11_PARSE(app, argc, argv);
   return kvferry::apps::ExitCode();

@@ -436,7 +436,8 @@ StatusOr<std::vector<PrefillInstance>> ParsePrefillArgs(const std::vector<std::s
   bool port_given = false;
   for (const std::string& a : args) {
     bool numeric = !a.empty() && a.find_first_not_of("0123456789") == std::string::npos;
-    if (numeric || a == "none") {
+    // "" is how CLI11 pads a `--prefill URL` that has no port.
+    if (numeric || a == "none" || a.empty()) {
       if (out.empty() || port_given) {
         return InvalidArgumentError(fmt::format("--prefill: '{}' must follow a URL (--prefill URL [BOOTSTRAP_PORT])", a));
       }
@@ -453,6 +454,9 @@ StatusOr<std::vector<PrefillInstance>> ParsePrefillArgs(const std::vector<std::s
     }
     auto u = http::ParseUrl(a);
     if (!u.ok()) return InvalidArgumentError(fmt::format("--prefill: '{}' is not a URL: {}", a, u.status().message()));
+    if (!a.starts_with("http://")) {
+      return InvalidArgumentError(fmt::format("--prefill: '{}' is neither a URL (http://HOST:PORT) nor a port", a));
+    }
     out.push_back(PrefillInstance{a, 8998});
     port_given = false;
   }

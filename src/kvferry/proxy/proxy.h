@@ -44,8 +44,8 @@ struct ProxyOptions {
 };
 
 // The values of repeated `--prefill URL [BOOTSTRAP_PORT]` options, flattened in order
-// (e.g. {"http://a:8010", "http://b:8011", "9000"}): a number (or "none", meaning the
-// default) after a URL is that URL's bootstrap port. InvalidArgument names a bad token.
+// (e.g. {"http://a:8010", "http://b:8011", "9000"}): a number (or "none" or "", meaning
+// the default) after a URL is that URL's bootstrap port. InvalidArgument names a bad token.
 StatusOr<std::vector<PrefillInstance>> ParsePrefillArgs(const std::vector<std::string>& args);
 
 class Proxy {

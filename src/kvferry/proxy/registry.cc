@@ -107,9 +107,9 @@ void Registry::OnHealth(size_t i, const StatusOr<http::Response>& r) {
   {
     MutexLock l(mu_);
     State& s = state_[i];
-    if (s.healthy != ok) {
-      if (ok) KVF_LOG_INFO("proxy: {} instance {} is healthy", RoleName(inst.role), inst.url);
-      else KVF_LOG_WARN("proxy: {} instance {} out of rotation: {}", RoleName(inst.role), inst.url, why);
+    if (ok && !s.healthy) KVF_LOG_INFO("proxy: {} instance {} is healthy", RoleName(inst.role), inst.url);
+    if (!ok && (s.healthy || s.last_error != why)) {
+      KVF_LOG_WARN("proxy: {} instance {} out of rotation: {}", RoleName(inst.role), inst.url, why);
     }
     s.healthy = ok;
     s.last_error = ok ? "" : why;
