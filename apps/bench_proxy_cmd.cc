@@ -1,5 +1,5 @@
-// `kvferry bench proxy`: the proxy's added latency and memory under many concurrent
-// streams. Fake upstreams run in this process (a prefiller answering /health, bootstrap
+// `kvferry bench proxy`: the proxy's added latency and memory while it holds many
+// concurrent streams (probes alternate direct / through the proxy under that load). Fake upstreams run in this process (a prefiller answering /health, bootstrap
 // /query and 1-token completions; a decoder streaming SSE chunks); the real proxy runs as
 // a child process (`kvferry proxy`), so its peak RSS (VmHWM) is its own.
 #include <CLI/CLI.hpp>
@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -31,9 +32,10 @@ using SteadyClock = std::chrono::steady_clock;
 
 struct BenchArgs {
   int streams = 1000;
-  int chunks = 50;
-  int interval_ms = 20;
-  double ramp_s = 1.0;
+  int chunks = 100;
+  int interval_ms = 50;
+  double ramp_s = 2.0;
+  int probes = 200;
   bool json = false;
 };
 
@@ -45,7 +47,7 @@ class FakeDecoder {
     auto d = std::unique_ptr<FakeDecoder>(new FakeDecoder(chunks, interval_ms));
     http::ServerOptions o;
     o.host = "127.0.0.1";
-    o.io_threads = 1;
+    o.io_threads = 2;
     o.max_connections = 100000;
     KVF_ASSIGN_OR_RETURN(d->server_, http::Server::Create(o, [p = d.get()](http::Request req, std::shared_ptr<http::Responder> r) {
                            p->Handle(req, std::move(r));
@@ -76,6 +78,11 @@ class FakeDecoder {
     if (req.path == "/health") return r->Respond(200, "application/json", "{}");
     r->BeginStream(200, "text/event-stream");
     r->Write(Chunk(0));
+    if (req.body.find("\"max_tokens\":1,") != std::string::npos) {  // a probe
+      r->Write("data: [DONE]\n\n");
+      r->End();
+      return;
+    }
     MutexLock l(mu_);
     streams_.push_back(Stream{std::move(r), 1});
   }
@@ -117,47 +124,60 @@ struct Sample {
   bool ok = false;
 };
 
-// Starts `n` streaming requests evenly over `ramp`, all through one client; waits for all.
-std::vector<Sample> Drive(http::Client& client, const std::string& url, int n, Duration ramp) {
-  std::vector<Sample> samples(static_cast<size_t>(n));
-  std::vector<SteadyClock::time_point> started(static_cast<size_t>(n));
-  Mutex mu;
-  CondVar cv;
-  int done = 0;
-  const std::string body =
-      R"({"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":64,"stream":true})";
-  auto t0 = SteadyClock::now();
-  for (int i = 0; i < n; ++i) {
-    std::this_thread::sleep_until(t0 + ramp * i / n);
+// Streaming requests started by one client; on_done of each fills its Sample.
+class Load {
+ public:
+  explicit Load(int n) : samples_(static_cast<size_t>(n)), started_(static_cast<size_t>(n)) {}
+  // Starts request `i` now.
+  void Start(http::Client& client, const std::string& url, const std::string& body, int i) {
     http::CallOptions o;
     o.method = "POST";
     o.body = body;
-    o.timeout = std::chrono::seconds(120);
+    o.timeout = std::chrono::seconds(300);
     http::CallHandlers h;
     auto tail = std::make_shared<std::string>();
     size_t k = static_cast<size_t>(i);
-    h.on_body = [&samples, &started, k, tail](std::string_view c) {
-      if (samples[k].ttfb_ms == 0) {
-        samples[k].ttfb_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - started[k]).count();
-      }
+    h.on_body = [this, k, tail](std::string_view c) {
+      if (samples_[k].ttfb_ms == 0) samples_[k].ttfb_ms = Since(k);
       tail->append(c);
       if (tail->size() > 64) tail->erase(0, tail->size() - 64);
     };
-    h.on_done = [&, k, tail](const Status& st) {
-      samples[k].total_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - started[k]).count();
-      samples[k].ok = st.ok() && tail->ends_with("data: [DONE]\n\n");
-      MutexLock l(mu);
-      ++done;
-      cv.NotifyAll();
+    h.on_done = [this, k, tail](const Status& st) {
+      samples_[k].total_ms = Since(k);
+      samples_[k].ok = st.ok() && tail->ends_with("data: [DONE]\n\n");
+      MutexLock l(mu_);
+      ++done_;
+      cv_.NotifyAll();
     };
-    started[k] = SteadyClock::now();
+    started_[k] = SteadyClock::now();
     client.Start(url, std::move(o), std::move(h));
   }
-  MutexLock l(mu);
-  Deadline dl = Deadline::After(std::chrono::seconds(180));
-  while (done < n && !dl.Expired()) cv.WaitUntil(mu, dl);
-  return samples;
-}
+  // Waits until `n` requests finished (bounded); false on timeout.
+  bool Wait(int n, Duration bound) {
+    Deadline dl = Deadline::After(bound);
+    MutexLock l(mu_);
+    while (done_ < n && !dl.Expired()) cv_.WaitUntil(mu_, dl);
+    return done_ >= n;
+  }
+  // Valid after Wait() returned true for every started request.
+  const std::vector<Sample>& samples() const { return samples_; }
+
+ private:
+  double Since(size_t k) const {
+    return std::chrono::duration<double, std::milli>(SteadyClock::now() - started_[k]).count();
+  }
+  std::vector<Sample> samples_;
+  std::vector<SteadyClock::time_point> started_;
+  Mutex mu_;
+  CondVar cv_;
+  int done_ KVF_GUARDED_BY(mu_) = 0;
+};
+
+const char kStreamBody[] =
+    R"({"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":64,"stream":true})";
+// max_tokens 1: the fake decoder answers with one chunk and [DONE] at once.
+const char kProbeBody[] =
+    R"({"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":1,"stream":true})";
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -187,6 +207,21 @@ int64_t StatusKb(int pid, const std::string& key) {
     if (line.starts_with(key + ":")) return std::stoll(line.substr(key.size() + 1));
   }
   return -1;
+}
+
+// User + system CPU seconds the process has used so far.
+double CpuSeconds(int pid) {
+  std::ifstream f(fmt::format("/proc/{}/stat", pid));
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t close = all.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream in(all.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 int RunBench(const BenchArgs& a) {
@@ -257,32 +292,63 @@ int RunBench(const BenchArgs& a) {
   }
   int64_t idle_rss_kb = StatusKb(pid, "VmRSS");
   auto client = http::Client::Create({.io_threads = 2, .max_idle_per_host = 4096});
-  if (!client.ok()) return 1;
+  auto prober = http::Client::Create({.io_threads = 1});
+  if (!client.ok() || !prober.ok()) return 1;
+  const std::string direct_url = dec_url + "/v1/chat/completions";
+  const std::string via_proxy = proxy_url + "/v1/chat/completions";
+  // Background: `streams` long streams through the proxy, started evenly over the ramp.
+  // Meanwhile and afterwards, probes alternate between the fake decoder and the proxy one
+  // at a time, so both paths are timed under the same load; the difference is what the
+  // proxy adds.
+  Load load(a.streams);
+  const int probes = a.probes;
+  Load probe(2 * probes);
+  double cpu0 = CpuSeconds(pid);
+  auto t_start = SteadyClock::now();
   Duration ramp = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.ramp_s));
-  // Warm both paths (connection set-up, page faults), then measure direct, then proxied.
-  Drive(**client, dec_url + "/v1/chat/completions", 50, 100ms);
-  Drive(**client, proxy_url + "/v1/chat/completions", 50, 100ms);
-  auto direct = Drive(**client, dec_url + "/v1/chat/completions", a.streams, ramp);
-  auto proxied = Drive(**client, proxy_url + "/v1/chat/completions", a.streams, ramp);
-  int64_t peak_kb = StatusKb(pid, "VmHWM");
-  std::string metrics;
-  if (auto m = http::Fetch(proxy_url + "/metrics", {}, Deadline::After(5s)); m.ok()) metrics = m->body;
+  std::thread starter([&] {
+    for (int i = 0; i < a.streams; ++i) {
+      std::this_thread::sleep_until(t_start + ramp * i / a.streams);
+      load.Start(**client, via_proxy, kStreamBody, i);
+    }
+  });
+  // Probes start once half the streams are open and run until all of them are.
+  std::this_thread::sleep_until(t_start + ramp / 2);
+  Duration gap = std::max<Duration>(ramp / 2 / probes, std::chrono::microseconds(200));
+  for (int i = 0; i < 2 * probes; ++i) {
+    auto next = SteadyClock::now() + gap;
+    probe.Start(**prober, i % 2 == 0 ? direct_url : via_proxy, kProbeBody, i);
+    probe.Wait(i + 1, std::chrono::seconds(30));
+    std::this_thread::sleep_until(next);
+  }
+  starter.join();
+  // Everything open at once: the peak.
+  std::this_thread::sleep_for(std::chrono::milliseconds(a.interval_ms * 2));
+  int64_t open_kb = StatusKb(pid, "VmRSS");
+  bool all_done = load.Wait(a.streams, std::chrono::seconds(300));
+  double cpu_s = CpuSeconds(pid) - cpu0;
+  double wall_s = std::chrono::duration<double>(SteadyClock::now() - t_start).count();
+  // VmHWM is updated lazily by the kernel; a VmRSS sample can be a little above it.
+  int64_t peak_kb = std::max(StatusKb(pid, "VmHWM"), open_kb);
   client->reset();
+  prober->reset();
   int exit_code = stop_child();
 
-  auto column = [](const std::vector<Sample>& v, bool ttfb) {
-    std::vector<double> out;
-    for (const Sample& s : v) {
-      if (s.ok) out.push_back(ttfb ? s.ttfb_ms : s.total_ms);
+  std::vector<double> direct, proxied, stream_ttfb;
+  int failed = all_done ? 0 : a.streams;
+  for (int i = 0; i < 2 * probes; ++i) {
+    const Sample& s = probe.samples()[static_cast<size_t>(i)];
+    if (!s.ok) ++failed;
+    else (i % 2 == 0 ? direct : proxied).push_back(s.total_ms);
+  }
+  if (all_done) {
+    for (const Sample& s : load.samples()) {
+      if (!s.ok) ++failed;
+      else stream_ttfb.push_back(s.ttfb_ms);
     }
-    return out;
-  };
-  int failed = 0;
-  for (const Sample& s : proxied) failed += s.ok ? 0 : 1;
-  for (const Sample& s : direct) failed += s.ok ? 0 : 1;
-  double d50 = Percentile(column(direct, true), 0.5), d99 = Percentile(column(direct, true), 0.99);
-  double p50 = Percentile(column(proxied, true), 0.5), p99 = Percentile(column(proxied, true), 0.99);
-  double dt50 = Percentile(column(direct, false), 0.5), pt50 = Percentile(column(proxied, false), 0.5);
+  }
+  double d50 = Percentile(direct, 0.5), d99 = Percentile(direct, 0.99);
+  double p50 = Percentile(proxied, 0.5), p99 = Percentile(proxied, 0.99);
   double peak_mb = static_cast<double>(peak_kb) / 1024.0;
   if (a.json) {
     nlohmann::json j{{"streams", a.streams},
@@ -291,24 +357,33 @@ int RunBench(const BenchArgs& a) {
                      {"added_p99_ms", p99 - d99},
                      {"peak_rss_mb", peak_mb},
                      {"idle_rss_mb", static_cast<double>(idle_rss_kb) / 1024.0},
-                     {"direct_ttfb_p50_ms", d50},
-                     {"direct_ttfb_p99_ms", d99},
-                     {"proxy_ttfb_p50_ms", p50},
-                     {"proxy_ttfb_p99_ms", p99},
-                     {"direct_total_p50_ms", dt50},
-                     {"proxy_total_p50_ms", pt50},
+                     {"rss_all_open_mb", static_cast<double>(open_kb) / 1024.0},
+                     {"probes", probes},
+                     {"direct_p50_ms", d50},
+                     {"direct_p99_ms", d99},
+                     {"proxy_p50_ms", p50},
+                     {"proxy_p99_ms", p99},
+                     {"stream_ttfb_p50_ms", Percentile(stream_ttfb, 0.5)},
+                     {"stream_ttfb_p99_ms", Percentile(stream_ttfb, 0.99)},
                      {"chunks_per_stream", a.chunks + 1},
+                     {"chunk_interval_ms", a.interval_ms},
+                     {"proxy_cpu_s", cpu_s},
+                     {"run_s", wall_s},
                      {"proxy_exit_code", exit_code}};
     fmt::print("{}\n", j.dump());
   } else {
-    fmt::print("bench proxy: {} concurrent streams (ramp {:.1f} s), {} chunks each every {} ms\n", a.streams, a.ramp_s,
-               a.chunks + 1, a.interval_ms);
-    fmt::print("  time to first byte  direct p50 {:.3f} ms  p99 {:.3f} ms\n", d50, d99);
-    fmt::print("                      proxy  p50 {:.3f} ms  p99 {:.3f} ms\n", p50, p99);
-    fmt::print("  added latency       p50 {:.3f} ms  p99 {:.3f} ms\n", p50 - d50, p99 - d99);
-    fmt::print("  whole stream p50    direct {:.1f} ms  proxy {:.1f} ms\n", dt50, pt50);
-    fmt::print("  proxy RSS           idle {:.1f} MB  peak (VmHWM) {:.1f} MB\n", idle_rss_kb / 1024.0, peak_mb);
-    fmt::print("  failed requests     {}   proxy exit code {}\n", failed, exit_code);
+    fmt::print("bench proxy: {} concurrent streams through the proxy (started over {:.1f} s), {} SSE chunks each,\n"
+               "  one every {} ms; {} probes each way (one chunk + [DONE]) while they run\n",
+               a.streams, a.ramp_s, a.chunks + 1, a.interval_ms, probes);
+    fmt::print("  probe latency   direct p50 {:.3f} ms  p99 {:.3f} ms\n", d50, d99);
+    fmt::print("                  proxy  p50 {:.3f} ms  p99 {:.3f} ms\n", p50, p99);
+    fmt::print("  added latency   p50 {:.3f} ms  p99 {:.3f} ms\n", p50 - d50, p99 - d99);
+    fmt::print("  streams' time to first byte through the proxy: p50 {:.3f} ms  p99 {:.3f} ms\n",
+               Percentile(stream_ttfb, 0.5), Percentile(stream_ttfb, 0.99));
+    fmt::print("  proxy RSS       idle {:.1f} MB  all streams open {:.1f} MB  peak (VmHWM) {:.1f} MB\n",
+               idle_rss_kb / 1024.0, open_kb / 1024.0, peak_mb);
+    fmt::print("  proxy CPU       {:.2f} s over the {:.2f} s run\n", cpu_s, wall_s);
+    fmt::print("  failed requests {}   proxy exit code {}\n", failed, exit_code);
   }
   return failed == 0 && exit_code == 0 ? 0 : 1;
 }
@@ -318,14 +393,18 @@ int RunBench(const BenchArgs& a) {
 void AddProxyBenchCommand(CLI::App& bench) {
   CLI::App* cmd = bench.add_subcommand(
       "proxy",
-      "Added latency and memory of `kvferry proxy` (run as a child process) under many concurrent\n"
-      "streaming requests against fast in-process fake upstreams: time to first byte through the proxy\n"
-      "vs straight to the fake decoder (p50/p99), and the proxy's peak RSS (VmHWM).");
+      "Added latency and memory of `kvferry proxy` (run as a child process) holding many concurrent\n"
+      "streaming requests against fast in-process fake upstreams. While the streams run, short probe\n"
+      "requests alternate between the fake decoder and the proxy; added latency = proxy p50/p99 minus\n"
+      "direct p50/p99. Also the proxy's RSS (VmHWM) and CPU time.");
   auto a = std::make_shared<BenchArgs>();
   cmd->add_option("--streams", a->streams, "concurrent streaming requests")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--chunks", a->chunks, "SSE chunks per stream after the first")->capture_default_str();
   cmd->add_option("--interval-ms", a->interval_ms, "milliseconds between a stream's chunks")->capture_default_str();
   cmd->add_option("--ramp", a->ramp_s, "seconds over which the streams start")->capture_default_str();
+  cmd->add_option("--probes", a->probes, "latency probes each way (direct, through the proxy)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   cmd->add_flag("--json", a->json, "print one JSON object");
   cmd->callback([a] { ExitCode() = RunBench(*a); });
 }

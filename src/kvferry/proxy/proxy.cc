@@ -82,18 +82,20 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     metrics_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   }
 
+  // The legs' handlers may run before this (a refused connection fails at once): a leg
+  // that failed, or a client that left, in the meantime aborts the other leg here.
   void SetCalls(std::shared_ptr<http::Call> p, std::shared_ptr<http::Call> d) {
-    bool gone;
     {
       MutexLock l(mu_);
-      p_call_ = std::move(p);
-      d_call_ = std::move(d);
       legs_sent_ = Clock::now();
-      gone = client_gone_;
-      if (p_done_) p_call_.reset();
-      if (d_done_) d_call_.reset();
+      if (!abort_legs_) {
+        if (!p_done_) p_call_ = std::move(p);
+        if (!d_done_) d_call_ = std::move(d);
+        return;
+      }
     }
-    if (gone) ClientGone();
+    p->Cancel();  // no-ops for a leg that already finished
+    d->Cancel();
   }
 
   void ClientGone() {
@@ -101,6 +103,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     {
       MutexLock l(mu_);
       client_gone_ = true;
+      abort_legs_ = true;
       if (!answered_) {
         answered_ = true;  // nobody to answer
         metrics_->client_disconnects.fetch_add(1, std::memory_order_relaxed);
@@ -208,6 +211,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   void FailLocked(int status, const std::string& message) KVF_REQUIRES(mu_) {
     KVF_LOG_WARN("proxy: request {}: {}", request_id_, message);
     answered_ = true;
+    abort_legs_ = true;
     metrics_->failed.fetch_add(1, std::memory_order_relaxed);
     if (begun_) {
       if (content_type_.starts_with("text/event-stream")) {
@@ -237,6 +241,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   Clock::time_point legs_sent_ KVF_GUARDED_BY(mu_) = received_;
   Clock::time_point d_first_byte_ KVF_GUARDED_BY(mu_);
   bool client_gone_ KVF_GUARDED_BY(mu_) = false;
+  bool abort_legs_ KVF_GUARDED_BY(mu_) = false;  // client gone or request failed: legs are of no use
   bool answered_ KVF_GUARDED_BY(mu_) = false;  // the client's answer is complete (or nobody listens)
   bool begun_ KVF_GUARDED_BY(mu_) = false;     // the decoder's stream is being relayed
   bool p_done_ KVF_GUARDED_BY(mu_) = false;
