@@ -1,6 +1,10 @@
 #include "kvferry/proxy/proxy.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <nlohmann/json.hpp>
@@ -518,6 +522,56 @@ TEST(ProxyTest, TwoHundredConcurrentStreamsComplete) {
   }
   EXPECT_EQ(d1.count() + d2.count(), static_cast<size_t>(kN));
   EXPECT_TRUE(Eventually([&] { return p.count() == kN; }));
+}
+
+// A decoder that streams `total` bytes as fast as it can and reports what it could not
+// hand to the socket yet.
+class FloodDecode : public Fake {
+ public:
+  using Fake::Fake;
+  std::atomic<size_t> pending{0};
+  std::atomic<size_t> queued{0};
+  static constexpr size_t kTotal = 96u << 20;
+
+ protected:
+  void Answer(const http::Request&, std::shared_ptr<http::Responder> r) override {
+    Spawn([this, r] {
+      r->BeginStream(200, "text/event-stream");
+      std::string chunk = "data: " + std::string(64 * 1024 - 8, 'x') + "\n\n";
+      for (size_t sent = 0; sent < kTotal && !r->ClientGone(); sent += chunk.size()) {
+        r->Write(chunk);
+        queued = sent + chunk.size();
+      }
+      for (int i = 0; i < 400 && !r->ClientGone(); ++i) {
+        pending = r->PendingBytes();
+        std::this_thread::sleep_for(5ms);
+      }
+    });
+  }
+};
+
+TEST(ProxyTest, ASlowClientStopsTheProxyReadingInsteadOfBuffering) {
+  FakePrefill p("p", {{0, "e0"}});
+  FloodDecode d("d");
+  auto proxy = StartProxy(Options({p.instance()}, {d.url()}));
+  // A client that sends its request and never reads.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(proxy->port());
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  std::string body = kChat.dump();
+  std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  // Everything is queued at the decoder; the proxy holds only socket buffers and its
+  // 256 KiB allowance, so most of the 96 MiB must still be waiting at the decoder.
+  EXPECT_TRUE(Eventually([&] { return d.queued == FloodDecode::kTotal && d.pending > 0; }, 10s));
+  std::this_thread::sleep_for(300ms);
+  EXPECT_GT(d.pending.load(), FloodDecode::kTotal / 2) << "the proxy read " << (FloodDecode::kTotal - d.pending) << " bytes";
+  close(fd);
+  EXPECT_TRUE(Eventually([&] { return d.gone == 1; }));
 }
 
 TEST(ProxyTest, PrefillArgsTakeAnOptionalPort) {
