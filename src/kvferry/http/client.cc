@@ -178,6 +178,10 @@ struct Worker {
   // Written on the io thread, read by idle_connections() from any thread; a gauge,
   // so relaxed order is enough.
   std::atomic<int64_t> idle_count{0};
+  // Calls started on this worker and not finished: Start() puts a call on the least
+  // loaded worker (a plain rotation would put every streaming leg of the proxy on one
+  // thread, as each request starts a short and a long call). Relaxed: a hint only.
+  std::atomic<int64_t> load{0};
   const ClientOptions* options = nullptr;
 
   static bool PeerClosed(tcp::socket& s) {
@@ -225,7 +229,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
  public:
   CallImpl(Worker* worker, std::string url, CallOptions options, CallHandlers handlers)
       : worker_(worker), link_(worker->link), url_text_(std::move(url)), options_(std::move(options)),
-        handlers_(std::move(handlers)), timer_(worker->ioc) {}
+        handlers_(std::move(handlers)) {}
 
   void Cancel() override {
     // Publishes the request to stop; the io thread reads it after every wait.
@@ -243,7 +247,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
       socket_->cancel(ec);
       socket_->close(ec);
     }
-    timer_.cancel();
+    if (timer_ != nullptr) timer_->cancel();
   }
 
   awaitable<void> Run() {
@@ -253,7 +257,9 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     Status st = CancelledError("http client shutting down");
     if (!worker_->stopping) st = co_await Execute();
     worker_->active.erase(this);
+    worker_->load.fetch_sub(1, std::memory_order_relaxed);
     socket_ = nullptr;
+    timer_ = nullptr;
     if (!st.ok() && cancelled()) st = CancelledError(fmt::format("{} {}: cancelled", options_.method, url_text_));
     auto done = std::move(handlers_.on_done);
     handlers_ = {};
@@ -294,6 +300,10 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     req.body() = std::move(options_.body);
     req.keep_alive(true);
     req.prepare_payload();
+    // The io objects live in this frame, not in the CallImpl: a Call handle may outlive
+    // the Client and its io_context.
+    asio::steady_timer timer(worker_->ioc);
+    timer_ = &timer;
 
     for (int attempt = 0;; ++attempt) {
       if (cancelled()) co_return CancelledError(fmt::format("{}: cancelled", where_));
@@ -350,8 +360,8 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
         if (cancelled()) co_return CancelledError(fmt::format("{}: cancelled", where_));
         while (options_.hold && options_.hold()) {
           if (std::chrono::steady_clock::now() >= deadline) co_return DeadlineExceededError(fmt::format("{}: timed out", where_));
-          timer_.expires_after(std::chrono::milliseconds(hold_ms));
-          co_await timer_.async_wait(kTuple);
+          timer.expires_after(std::chrono::milliseconds(hold_ms));
+          co_await timer.async_wait(kTuple);
           if (cancelled()) co_return CancelledError(fmt::format("{}: cancelled", where_));
           hold_ms = std::min(hold_ms * 2, 16);
         }
@@ -383,8 +393,8 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   CallOptions options_;    // io thread
   CallHandlers handlers_;  // io thread
   std::string where_;      // io thread
-  asio::steady_timer timer_;
-  tcp::socket* socket_ = nullptr;  // io thread: the live connection, for Interrupt()
+  asio::steady_timer* timer_ = nullptr;  // io thread: the backpressure timer, for Interrupt()
+  tcp::socket* socket_ = nullptr;         // io thread: the live connection, for Interrupt()
   // Set by Cancel() on any thread; read on the io thread (release/acquire).
   std::atomic<bool> cancelled_{false};
 };
@@ -427,9 +437,19 @@ class ClientImpl final : public Client {
   }
 
   std::shared_ptr<Call> Start(std::string_view url, CallOptions options, CallHandlers handlers) override {
-    // Spreads calls over the workers; the order carries no data, so relaxed.
-    size_t i = next_.fetch_add(1, std::memory_order_relaxed) % workers_.size();
-    Worker* w = workers_[i].get();
+    // The least loaded worker, ties broken by rotation; relaxed: only spreads the load.
+    size_t start = next_.fetch_add(1, std::memory_order_relaxed);
+    Worker* w = nullptr;
+    int64_t best = 0;
+    for (size_t k = 0; k < workers_.size(); ++k) {
+      Worker* c = workers_[(start + k) % workers_.size()].get();
+      int64_t l = c->load.load(std::memory_order_relaxed);
+      if (w == nullptr || l < best) {
+        w = c;
+        best = l;
+      }
+    }
+    w->load.fetch_add(1, std::memory_order_relaxed);
     auto call = std::make_shared<CallImpl>(w, std::string(url), std::move(options), std::move(handlers));
     asio::co_spawn(w->ioc, [call]() -> awaitable<void> { co_await call->Run(); }, asio::detached);
     return call;

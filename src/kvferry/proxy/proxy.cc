@@ -78,8 +78,11 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     metrics_->in_flight.fetch_add(1, std::memory_order_relaxed);
   }
   ~Exchange() {
-    if (!answered_) metrics_->failed.fetch_add(1, std::memory_order_relaxed);
-    metrics_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    MutexLock l(mu_);
+    if (!answered_) {
+      metrics_->failed.fetch_add(1, std::memory_order_relaxed);
+      AnsweredLocked();
+    }
   }
 
   // The legs' handlers may run before this (a refused connection fails at once): a leg
@@ -105,7 +108,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       client_gone_ = true;
       abort_legs_ = true;
       if (!answered_) {
-        answered_ = true;  // nobody to answer
+        AnsweredLocked();  // nobody to answer
         metrics_->client_disconnects.fetch_add(1, std::memory_order_relaxed);
       }
       p = std::move(p_call_);
@@ -154,7 +157,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       if (answered_) return;
       if (st.ok() && begun_) {
         responder_->End();
-        answered_ = true;
+        AnsweredLocked();
         return;
       }
       // The decode leg failed: the prefill is of no use any more (cancelling it lets the
@@ -210,7 +213,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   // stream already began, an SSE error event (the status line is already gone).
   void FailLocked(int status, const std::string& message) KVF_REQUIRES(mu_) {
     KVF_LOG_WARN("proxy: request {}: {}", request_id_, message);
-    answered_ = true;
+    AnsweredLocked();
     abort_legs_ = true;
     metrics_->failed.fetch_add(1, std::memory_order_relaxed);
     if (begun_) {
@@ -221,6 +224,12 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       return;
     }
     responder_->Respond(status, "application/json", ErrorJson(status, message), {{"X-Request-Id", request_id_}});
+  }
+  // The client's answer is complete (or nobody listens): the request leaves in_flight
+  // even if the prefill leg is still finishing.
+  void AnsweredLocked() KVF_REQUIRES(mu_) {
+    answered_ = true;
+    metrics_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   }
   void ObserveLatency() KVF_REQUIRES(mu_) {
     auto now = Clock::now();
