@@ -5,6 +5,9 @@
 #include <cstdio>
 
 #include "apps/commands.h"
+#ifdef KVFERRY_HAVE_PROXY
+#include "apps/proxy_cmd.h"
+#endif
 #include "kvferry/base/base.h"
 
 namespace kvferry::apps {
@@ -41,6 +44,10 @@ int main(int argc, char** argv) {
 #ifdef KVFERRY_WITH_SERVE
   kvferry::apps::AddServeCommand(app);
   kvferry::apps::AddServeBenchCommand(bench);
+#endif
+#ifdef KVFERRY_HAVE_PROXY
+  kvferry::apps::AddProxyCommand(app);
+  kvferry::apps::AddProxyBenchCommand(bench);
 #endif
 
   CLI11_PARSE(app, argc, argv);

@@ -120,4 +120,65 @@ StatusOr<Response> FetchStream(std::string_view url, const FetchOptions& options
 // Reason phrase for a status code ("OK", "Not Found", ...).
 std::string_view StatusText(int status);
 
+// ---------------------------------------------------------------------------
+// Asynchronous client: many calls in flight on a few io threads, keep-alive
+// connections pooled per host:port. Used by the proxy, where one io thread
+// carries hundreds of streams.
+//
+// Threading: Client::Start and Call::Cancel may be called from any thread. The
+// handlers of a call run on one of the client's io threads, one at a time, and
+// must not block; on_done runs exactly once and last. A Call handle stays valid
+// while referenced, but Cancel() after the Client is destroyed does nothing.
+
+struct ClientOptions {
+  int io_threads = 1;                                     // default 1
+  size_t max_idle_per_host = 256;                         // pooled idle connections per host:port and io thread
+  Duration idle_timeout = std::chrono::seconds(20);       // a pooled connection unused this long is closed
+  Duration connect_timeout = std::chrono::seconds(5);     // bound on resolve + connect
+};
+
+struct CallOptions {
+  std::string method = "GET";
+  std::string body;
+  std::string content_type = "application/json";  // sent with a body or a POST
+  std::vector<Header> headers;
+  Duration timeout = Duration::max();       // whole call: connect to last body byte (default: none)
+  Duration idle_timeout = Duration::max();  // longest wait for the next byte from the server (default: none)
+  size_t max_body_bytes = 64u << 20;        // only for Client::Fetch, which collects the body
+  // Backpressure: polled before each body read; while it returns true the call stops
+  // reading from the socket (the server then feels TCP backpressure). Runs on the io thread.
+  std::function<bool()> hold;
+};
+
+struct CallHandlers {
+  std::function<void(const Response& head)> on_headers;  // status + headers (body empty), once
+  std::function<void(std::string_view chunk)> on_body;   // body bytes as they arrive (de-chunked)
+  // Exactly once, last: Ok after the whole body; Unavailable (cannot connect, connection
+  // lost), DeadlineExceeded, Cancelled (Cancel() or the client shutting down), or
+  // ResourceExhausted. The handlers are released after it returns.
+  std::function<void(const Status& status)> on_done;
+};
+
+class Call {
+ public:
+  virtual ~Call() = default;
+  // Stops the call: its connection is closed (never pooled) and on_done gets
+  // Cancelled unless it already ran. Idempotent; any thread.
+  virtual void Cancel() = 0;
+};
+
+class Client {
+ public:
+  static StatusOr<std::unique_ptr<Client>> Create(const ClientOptions& options = {});
+  // Cancels the calls in flight (each gets on_done(Cancelled)) and joins the io threads.
+  virtual ~Client() = default;
+  // Starts one call; a bad URL reports through on_done (on an io thread) like any error.
+  virtual std::shared_ptr<Call> Start(std::string_view url, CallOptions options, CallHandlers handlers) = 0;
+  // Start() that collects the body (up to options.max_body_bytes) into the Response.
+  virtual std::shared_ptr<Call> Fetch(std::string_view url, CallOptions options,
+                                      std::function<void(StatusOr<Response>)> on_done) = 0;
+  // Idle pooled connections right now (for tests and metrics).
+  virtual int64_t idle_connections() const = 0;
+};
+
 }  // namespace kvferry::http

@@ -241,4 +241,162 @@ TEST(HttpTest, ParseUrl) {
 }
 
 }  // namespace
+
+// --- asynchronous Client -----------------------------------------------------
+
+struct Waiter {
+  Mutex mu;
+  CondVar cv;
+  int done KVF_GUARDED_BY(mu) = 0;
+  void Add() {
+    MutexLock l(mu);
+    ++done;
+    cv.NotifyAll();
+  }
+  bool WaitFor(int n, Duration d) {
+    Deadline dl = Deadline::After(d);
+    MutexLock l(mu);
+    while (done < n) {
+      if (!cv.WaitUntil(mu, dl)) return done >= n;
+    }
+    return true;
+  }
+};
+
+TEST(HttpClientTest, StreamsReusesConnectionsAndReportsStatus) {
+  auto server = Start([](Request req, std::shared_ptr<Responder> r) {
+    if (req.path == "/stream") {
+      r->BeginStream(201, "text/event-stream", {{"X-Request-Id", "rid"}});
+      for (int i = 0; i < 3; ++i) r->Write("data: " + std::to_string(i) + "\n\n");
+      r->End();
+      return;
+    }
+    r->Respond(200, "application/json", req.method + " " + req.body);
+  });
+  auto client = Client::Create({});
+  ASSERT_TRUE(client.ok());
+  Waiter w;
+  int status = 0;
+  std::string body, ctype;
+  Status final;
+  CallHandlers h;
+  h.on_headers = [&](const Response& head) {
+    status = head.status;
+    ctype = head.Find("content-type") ? *head.Find("content-type") : "";
+  };
+  h.on_body = [&](std::string_view c) { body.append(c); };
+  h.on_done = [&](const Status& st) {
+    final = st;
+    w.Add();
+  };
+  (*client)->Start(Base(*server) + "/stream", CallOptions{}, h);
+  ASSERT_TRUE(w.WaitFor(1, 10s));
+  EXPECT_TRUE(final.ok()) << final.ToString();
+  EXPECT_EQ(status, 201);
+  EXPECT_EQ(ctype, "text/event-stream");
+  EXPECT_EQ(body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+  // Sequential calls on one host reuse the pooled connection.
+  for (int i = 0; i < 5; ++i) {
+    CallOptions o;
+    o.method = "POST";
+    o.body = "b" + std::to_string(i);
+    StatusOr<Response> got = UnknownError("unset");
+    (*client)->Fetch(Base(*server) + "/x", o, [&](StatusOr<Response> r) {
+      got = std::move(r);
+      w.Add();
+    });
+    ASSERT_TRUE(w.WaitFor(2 + i, 10s));
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->body, "POST b" + std::to_string(i));
+  }
+  EXPECT_EQ((*client)->idle_connections(), 1);
+  EXPECT_EQ(server->open_connections(), 1);
+  // Server restarts: the pooled connection is dead, the next call still works... on a new server
+  // port it simply connects; a refused connection is Unavailable.
+  uint16_t port = server->port();
+  server->Stop();
+  StatusOr<Response> got = UnknownError("unset");
+  (*client)->Fetch("http://127.0.0.1:" + std::to_string(port) + "/x", CallOptions{}, [&](StatusOr<Response> r) {
+    got = std::move(r);
+    w.Add();
+  });
+  ASSERT_TRUE(w.WaitFor(7, 10s));
+  EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().ToString();
+}
+
+TEST(HttpClientTest, CancelClosesTheConnectionAndTimeoutsFire) {
+  std::atomic<int> gone{0};
+  Mutex mu;
+  std::vector<std::shared_ptr<Responder>> held;
+  auto server = Start([&](Request req, std::shared_ptr<Responder> r) {
+    r->OnClientGone([&] { gone++; });
+    if (req.path == "/stream") {
+      r->BeginStream(200, "text/event-stream");
+      r->Write("data: first\n\n");
+    }
+    MutexLock l(mu);
+    held.push_back(r);  // never finishes
+  });
+  auto client = Client::Create({});
+  ASSERT_TRUE(client.ok());
+  Waiter w;
+  Status s1, s2;
+  std::atomic<bool> got_body{false};
+  CallHandlers h;
+  h.on_body = [&](std::string_view) { got_body = true; };
+  h.on_done = [&](const Status& st) {
+    s1 = st;
+    w.Add();
+  };
+  auto call = (*client)->Start(Base(*server) + "/stream", CallOptions{}, h);
+  for (int i = 0; i < 500 && !got_body; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_TRUE(got_body.load());
+  call->Cancel();
+  ASSERT_TRUE(w.WaitFor(1, 10s));
+  EXPECT_EQ(s1.code(), StatusCode::kCancelled) << s1.ToString();
+  for (int i = 0; i < 500 && gone < 1; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(gone.load(), 1);
+  call->Cancel();  // idempotent, no second on_done
+  CallOptions o;
+  o.idle_timeout = 100ms;
+  CallHandlers h2;
+  h2.on_done = [&](const Status& st) {
+    s2 = st;
+    w.Add();
+  };
+  (*client)->Start(Base(*server) + "/plain", o, h2);
+  ASSERT_TRUE(w.WaitFor(2, 10s));
+  EXPECT_EQ(s2.code(), StatusCode::kDeadlineExceeded) << s2.ToString();
+  EXPECT_TRUE(w.WaitFor(2, 10ms));
+  MutexLock l(mu);
+  held.clear();
+}
+
+TEST(HttpClientTest, DestroyingTheClientCancelsCallsInFlight) {
+  Mutex mu;
+  std::vector<std::shared_ptr<Responder>> held;
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    MutexLock l(mu);
+    held.push_back(r);
+  });
+  std::atomic<int> cancelled{0};
+  std::shared_ptr<Call> call;
+  {
+    auto client = Client::Create({.io_threads = 2});
+    ASSERT_TRUE(client.ok());
+    for (int i = 0; i < 4; ++i) {
+      CallHandlers h;
+      h.on_done = [&](const Status& st) {
+        if (st.code() == StatusCode::kCancelled) cancelled++;
+      };
+      call = (*client)->Start(Base(*server) + "/x", CallOptions{}, h);
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(cancelled.load(), 4);
+  call->Cancel();  // after the client is gone: harmless
+  MutexLock l(mu);
+  held.clear();
+}
+
 }  // namespace kvferry::http

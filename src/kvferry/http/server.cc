@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <deque>
 #include <set>
 #include <thread>
@@ -108,8 +109,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
     cb();
   }
   // Wakes the session's Drive loop (defined after Session). A wake that lands after
-  // the response is done only costs the next wait one spurious loop.
+  // the response is done only costs the next wait one spurious loop. At most one wake
+  // is in flight: Drive pops everything queued once it runs.
   void Wake();
+  // Set by Wake() before posting, cleared by the posted handler before it cancels the
+  // timer, so a Push after the clear posts again (acq_rel exchange; no data rides on it).
+  std::atomic<bool> wake_pending_{false};
 
  private:
   const std::shared_ptr<SessionLink> link_;
@@ -205,6 +210,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   awaitable<bool> Drive(std::shared_ptr<Channel> ch, bool keep_alive);
+  awaitable<void> WatchPeer(std::shared_ptr<Channel> ch);
   bool PeerClosed();
 
   ServerImpl* server_;
@@ -216,11 +222,13 @@ class Session : public std::enable_shared_from_this<Session> {
 };
 
 void Channel::Wake() {
+  if (wake_pending_.exchange(true, std::memory_order_acq_rel)) return;
   MutexLock l(link_->mu);
   if (link_->session == nullptr) return;
-  asio::post(link_->session->strand(), [link = link_] {
-    MutexLock l(link->mu);
-    if (link->session != nullptr) link->session->timer().cancel();
+  asio::post(link_->session->strand(), [self = shared_from_this()] {
+    self->wake_pending_.store(false, std::memory_order_release);
+    MutexLock l(self->link_->mu);
+    if (self->link_->session != nullptr) self->link_->session->timer().cancel();
   });
 }
 
@@ -343,28 +351,37 @@ bool Session::PeerClosed() {
   return false;
 }
 
+// Runs beside Drive for one response: waits until the socket is readable, and if the
+// peer closed, reports the client gone and wakes Drive. Pipelined bytes (the next
+// request) end the watch without consuming them. Drive cancels the wait when done.
+awaitable<void> Session::WatchPeer(std::shared_ptr<Channel> ch) {
+  auto self = shared_from_this();
+  auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
+  if (ec == asio::error::operation_aborted || ch->finished()) co_return;
+  if (ec || PeerClosed()) {
+    ch->MarkGone();
+    timer_.cancel();
+  }
+}
+
 awaitable<bool> Session::Drive(std::shared_ptr<Channel> ch, bool keep_alive) {
-  bool watch_reads = true;
+  // One read watch per response (not one per wait: a stream wakes once per chunk).
+  asio::co_spawn(strand_, WatchPeer(ch), asio::detached);
+  struct StopWatch {
+    Session* s;
+    ~StopWatch() {
+      beast::error_code ec;
+      s->stream_.socket().cancel(ec);
+    }
+  } stop_watch{this};
   std::optional<bhttp::response<bhttp::empty_body>> head;
   for (;;) {
     Event e;
     if (!ch->Pop(&e)) {
+      if (ch->gone()) co_return false;
       timer_.expires_at(asio::steady_timer::time_point::max());
-      if (watch_reads) {
-        auto r = co_await (timer_.async_wait(kTuple) ||
-                           stream_.socket().async_wait(tcp::socket::wait_read, kTuple));
-        if (r.index() == 1) {
-          auto [ec] = std::get<1>(r);
-          if (ec || PeerClosed()) {
-            ch->MarkGone();
-            co_return false;
-          }
-          watch_reads = false;  // pipelined bytes: leave them for the next request
-        }
-      } else {
-        co_await timer_.async_wait(kTuple);
-      }
-      if (!stream_.socket().is_open()) {
+      co_await timer_.async_wait(kTuple);
+      if (!stream_.socket().is_open() || ch->gone()) {
         ch->MarkGone();
         co_return false;
       }
