@@ -40,8 +40,8 @@ int main(int argc, char** argv) {
   CLI::App& bench = kvferry::apps::AddBenchCommand(app);
   kvferry::apps::AddModelBenchCommands(bench);
   kvferry::apps::AddEngineBenchCommand(bench);
-  kvferry::apps::AddDemoCommand(app);
 #ifdef KVFERRY_WITH_SERVE
+  kvferry::apps::AddDemoCommand(app);
   kvferry::apps::AddServeCommand(app);
   kvferry::apps::AddServeBenchCommand(bench);
 #endif
