@@ -122,6 +122,7 @@ struct Sample {
   double ttfb_ms = 0;
   double total_ms = 0;
   bool ok = false;
+  std::string error;  // why it failed
 };
 
 // Streaming requests started by one client; on_done of each fills its Sample.
@@ -145,6 +146,8 @@ class Load {
     h.on_done = [this, k, tail](const Status& st) {
       samples_[k].total_ms = Since(k);
       samples_[k].ok = st.ok() && tail->ends_with("data: [DONE]\n\n");
+      if (!st.ok()) samples_[k].error = st.ToString();
+      else if (!samples_[k].ok) samples_[k].error = "stream ended without data: [DONE]: ..." + *tail;
       MutexLock l(mu_);
       ++done_;
       cv_.NotifyAll();
@@ -347,6 +350,14 @@ int RunBench(const BenchArgs& a) {
       else stream_ttfb.push_back(s.ttfb_ms);
     }
   }
+  int shown = 0;
+  auto show = [&](const char* what, const std::vector<Sample>& v) {
+    for (const Sample& s : v) {
+      if (!s.ok && shown++ < 3) fmt::print(stderr, "bench proxy: a {} failed: {}\n", what, s.error);
+    }
+  };
+  show("probe", probe.samples());
+  if (all_done) show("stream", load.samples());
   double d50 = Percentile(direct, 0.5), d99 = Percentile(direct, 0.99);
   double p50 = Percentile(proxied, 0.5), p99 = Percentile(proxied, 0.99);
   double peak_mb = static_cast<double>(peak_kb) / 1024.0;

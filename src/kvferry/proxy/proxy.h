@@ -33,7 +33,10 @@ struct ProxyOptions {
   int io_threads = 2;                    // client-facing server io threads
   int upstream_threads = 2;              // io threads of the upstream client
   Duration health_interval = std::chrono::seconds(2);  // between health rounds
-  Duration health_timeout = std::chrono::seconds(2);   // bound on one /health or /query call
+  // Bound on one /health or /query call. An instance leaves the rotation after 3 checks in
+  // a row time out (a busy instance is not a dead one), or at once when a check is refused
+  // or answered with a status other than 200.
+  Duration health_timeout = std::chrono::seconds(5);
   Duration connect_timeout = std::chrono::seconds(5);  // bound on connecting to an upstream
   // Longest silence on an upstream leg (no byte from the prefiller or decoder) before the
   // request fails with 504. Default 10 minutes: a long prefill on a CPU sends nothing.

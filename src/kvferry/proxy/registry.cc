@@ -107,6 +107,17 @@ void Registry::OnHealth(size_t i, const StatusOr<http::Response>& r) {
   {
     MutexLock l(mu_);
     State& s = state_[i];
+    // A check that timed out may only mean the instance is busy: it leaves the rotation
+    // after kTimeoutsToFail in a row. A refused connection or a non-200 answer is definite.
+    bool timed_out = !r.ok() && r.status().code() == StatusCode::kDeadlineExceeded;
+    s.timeouts = timed_out ? s.timeouts + 1 : 0;
+    if (timed_out && s.healthy && s.timeouts < kTimeoutsToFail) {
+      KVF_LOG_WARN("proxy: {} instance {}: health check {} of {} timed out", RoleName(inst.role), inst.url, s.timeouts,
+                   kTimeoutsToFail);
+      --outstanding_;
+      cv_.NotifyAll();
+      return;
+    }
     if (ok && !s.healthy) KVF_LOG_INFO("proxy: {} instance {} is healthy", RoleName(inst.role), inst.url);
     if (!ok && (s.healthy || s.last_error != why)) {
       KVF_LOG_WARN("proxy: {} instance {} out of rotation: {}", RoleName(inst.role), inst.url, why);

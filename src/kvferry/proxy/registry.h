@@ -70,7 +70,9 @@ class Registry {
     bool known = false;  // prefill: dp ranks learned from /query
     std::vector<std::pair<int64_t, std::string>> ranks;  // dp_rank → engine_id
     std::string last_error;
+    int timeouts = 0;  // health checks in a row that timed out
   };
+  static constexpr int kTimeoutsToFail = 3;
   void OnHealth(size_t i, const StatusOr<http::Response>& r);
   void OnQuery(size_t i, const StatusOr<http::Response>& r);
   void Done();
