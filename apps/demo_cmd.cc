@@ -155,7 +155,9 @@ int DisaggDemo(const DemoArgs& a) {
     mo.show_progress = false;
     Status s = model::MakeTinyModel(model_dir, mo);
     if (!s.ok()) return fail(s);
-    fmt::print("model      generated tiny Qwen2 model (4 layers, hidden 128, bf16) in {}\n", model_dir);
+    fmt::print("model      generated tiny Qwen2 model (4 layers, hidden 128, bf16, random weights: its answer is\n"
+               "           noise, but the same noise a colocated server gives) in {}\n",
+               model_dir);
   }
   uint16_t ports[4];
   for (uint16_t& p : ports) {
