@@ -37,6 +37,10 @@ fail() {
   exit 1
 }
 
+if [ "$mode" = netns ] && { [ "$(id -u)" != 0 ] || ! ip netns list >/dev/null 2>&1; }; then
+  echo "SKIP: network namespaces need root"
+  exit 77
+fi
 "$bin" model make-tiny "$work/m" --dtype f32 --seed 11 --layers 2 --hidden 64 >/dev/null || fail "make-tiny"
 common=(--served-model-name tiny --kv-cache-dtype float32 --max-model-len 4096)
 if [ "$mode" = netns ]; then
@@ -89,7 +93,9 @@ pids+=($!)
 pids+=($!)
 
 healthy() { "${in_x[@]}" curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1/health"; }
-for url in "http://$X:$c_port" "http://$X:$x_port"; do
+# The proxy listens on 127.0.0.1 by default (like vLLM's example proxy); the client runs beside it.
+proxy_url="http://127.0.0.1:$x_port"
+for url in "http://$X:$c_port" "$proxy_url"; do
   ok=0
   for _ in $(seq 600); do
     [ "$(healthy "$url")" = 200 ] && { ok=1; break; }
@@ -98,7 +104,7 @@ for url in "http://$X:$c_port" "http://$X:$x_port"; do
   [ $ok = 1 ] || fail "$url not healthy within 60 s"
 done
 
-"${in_x[@]}" node "$here/compare.mjs" --a "http://$X:$x_port" --b "http://$X:$c_port" --model tiny \
+"${in_x[@]}" node "$here/compare.mjs" --a "$proxy_url" --b "http://$X:$c_port" --model tiny \
   --max-tokens 8 --concurrency 4 --chat 3 | tee "$work/compare.out"
 [ "${PIPESTATUS[0]}" = 0 ] || fail "proxy and colocated answers differ"
 
