@@ -3,7 +3,7 @@
 // answers agree token for token (text, finish reason, usage), streaming and not.
 //
 // node compare.mjs --a URL --b URL [--model NAME] [--lengths 1,7,...] [--max-tokens N]
-//                  [--concurrency C] [--chat N] [--vocab V] [--seed S]
+//                  [--concurrency C] [--chat N] [--vocab V] [--seed S] [--modes both|stream|plain]
 // Prints one line per check and ends with "N passed, N failed"; exit status 1 on any failure.
 import OpenAI from '../oracles/node_modules/openai/index.mjs';
 
@@ -26,6 +26,8 @@ const chatCount = Number(args.chat ?? 3);
 const vocab = Number(args.vocab ?? 256);
 let seed = Number(args.seed ?? 1);
 const timeoutMs = Number(args['timeout-ms'] ?? 120000);
+const modes = args.modes ?? 'both';  // which of streaming / non-streaming requests to send
+const streamModes = modes === 'stream' ? [true] : modes === 'plain' ? [false] : [false, true];
 
 function rand() {  // xorshift32: prompts are the same on every run
   seed ^= seed << 13; seed >>>= 0;
@@ -80,7 +82,7 @@ async function chat(c, content, stream) {
 const checks = [];
 for (const len of lengths) {
   const ids = Array.from({ length: len }, () => rand() % vocab);
-  for (const stream of [false, true]) {
+  for (const stream of streamModes) {
     checks.push({ name: `completion len=${len} stream=${stream}`, run: (c) => complete(c, ids, stream) });
   }
 }
@@ -88,7 +90,7 @@ const words = ['ferry', 'harbour', 'tide', 'engine', 'island', 'bread', 'station
 for (let i = 0; i < chatCount; ++i) {
   const n = 3 + (rand() % 40);
   const content = Array.from({ length: n }, () => words[rand() % words.length]).join(' ');
-  for (const stream of [false, true]) {
+  for (const stream of streamModes) {
     checks.push({ name: `chat words=${n} stream=${stream}`, run: (c) => chat(c, content, stream) });
   }
 }
