@@ -365,6 +365,13 @@ TEST(ProxyTest, RoundRobinOverPrefillRanksAndDecoders) {
   FakePrefill b("b", {{0, "b0"}, {1, "b1"}});
   FakeDecode d1("d1"), d2("d2");
   auto proxy = StartProxy(Options({a.instance(), b.instance()}, {d1.url(), d2.url()}));
+  // Both decoders in rotation first (on a loaded machine a health check may still be running).
+  for (const auto* d : {&d1, &d2}) {
+    ASSERT_TRUE(Eventually([&] {
+      return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d->url() + "\"} 1") !=
+             std::string::npos;
+    }));
+  }
   std::map<std::string, int> engines;
   for (int i = 0; i < 6; ++i) {
     Result r = Post(Base(*proxy) + "/v1/completions", {{"prompt", "x"}});
