@@ -199,7 +199,7 @@ class ConnectorImpl final : public Connector {
       const Duration load_timeout = options_.load_timeout > Duration::zero()
                                         ? options_.load_timeout
                                         : cfg.abort_request_timeout + std::chrono::seconds(60);
-      auto c = std::make_unique<Consumer>(cfg, engine, tep->segment_name(), load_timeout, &metrics_, &zmq_);
+      auto c = std::make_unique<Consumer>(cfg, engine, tep, load_timeout, &metrics_, &zmq_);
       KVF_RETURN_IF_ERROR(c->Start());
       MutexLock l(mu_);
       consumer_ = std::move(c);

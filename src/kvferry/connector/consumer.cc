@@ -27,12 +27,13 @@ int64_t SegmentPort(const std::string& segment) {
 
 }  // namespace
 
-Consumer::Consumer(const KvTransferConfig& config, engine::Engine* engine, std::string segment, Duration load_timeout,
-                   Metrics* metrics, zmq::context_t* zmq_ctx)
+Consumer::Consumer(const KvTransferConfig& config, engine::Engine* engine, const transfer::TransferEngine* transfer,
+                   Duration load_timeout, Metrics* metrics, zmq::context_t* zmq_ctx)
     : config_(config),
       engine_(engine),
-      segment_host_(SegmentHost(segment)),
-      segment_port_(SegmentPort(segment)),
+      transfer_(transfer),
+      segment_host_(SegmentHost(transfer->segment_name())),
+      segment_port_(SegmentPort(transfer->segment_name())),
       load_timeout_(load_timeout),
       metrics_(metrics),
       zmq_ctx_(zmq_ctx),
@@ -458,6 +459,8 @@ void Consumer::Complete(const std::string& request_id, const Status& st, uint64_
   }
   const bool recompute = config_.load_failure_policy == LoadFailurePolicy::kRecompute;
   if (st.ok()) {
+    // The prefiller's FINISH says its writes landed: order them before the engine reads the blocks.
+    transfer_->AcquirePeerWrites();
     metrics_->RecordTransfer(bytes, block_bytes_ > 0 ? bytes / block_bytes_ : 0, 0, Secs(took));
   } else {
     metrics_->AddFailedReceive();

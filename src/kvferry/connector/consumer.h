@@ -32,10 +32,10 @@ namespace kvferry::connector {
 
 class Consumer {
  public:
-  // `engine`, `metrics` and `zmq_ctx` must outlive this object. `segment` is this instance's
-  // transfer-engine segment ("host:port") that prefillers write into.
-  Consumer(const KvTransferConfig& config, engine::Engine* engine, std::string segment, Duration load_timeout,
-           Metrics* metrics, zmq::context_t* zmq_ctx);
+  // `engine`, `transfer`, `metrics` and `zmq_ctx` must outlive this object. `transfer` is this
+  // instance's transfer engine, whose segment ("host:port") prefillers write into.
+  Consumer(const KvTransferConfig& config, engine::Engine* engine, const transfer::TransferEngine* transfer,
+           Duration load_timeout, Metrics* metrics, zmq::context_t* zmq_ctx);
   ~Consumer();
   Consumer(const Consumer&) = delete;
   Consumer& operator=(const Consumer&) = delete;
@@ -115,6 +115,7 @@ class Consumer {
 
   const KvTransferConfig config_;
   engine::Engine* const engine_;
+  const transfer::TransferEngine* const transfer_;
   const std::string segment_host_;
   const int64_t segment_port_;
   const Duration load_timeout_;

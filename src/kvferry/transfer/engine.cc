@@ -261,6 +261,10 @@ class TransferEngineImpl final : public TransferEngine {
     return Wait(id, Deadline::Infinite(options_.clock));
   }
 
+  void AcquirePeerWrites() const override {
+    if (server_) server_->AcquireServedAccesses();
+  }
+
   TransferStats GetStats() const override {
     TransferStats st;
     batches_.FillStats(&st);

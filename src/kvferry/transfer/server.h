@@ -79,6 +79,12 @@ class Server {
   // visible to the C++ memory model (and to TSan), at the cost of one atomic op.
   std::atomic<uint64_t> access_order_{0};
 
+ public:
+  // An acquire on access_order_: see TransferEngine::AcquirePeerWrites.
+  void AcquireServedAccesses() const { (void)access_order_.load(std::memory_order_acquire); }
+
+ private:
+
   Mutex mu_;
   bool stopping_ KVF_GUARDED_BY(mu_) = false;
   std::list<std::unique_ptr<Conn>> conns_ KVF_GUARDED_BY(mu_);

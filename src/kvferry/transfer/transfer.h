@@ -175,6 +175,13 @@ class TransferEngine {
   virtual Status Transfer(std::span<const TransferRequest> requests) = 0;
 
   virtual TransferStats GetStats() const = 0;
+
+  // Orders every access peers have made to this engine's registered memory so far (through
+  // its target side) before what the calling thread does next. Call it when a peer's message
+  // says its writes landed (e.g. a KV connector's FINISH), before using the written memory:
+  // the bytes are there already; this makes the ordering explicit to the C++ memory model
+  // (and to TSan, which cannot see ordering that goes through another process).
+  virtual void AcquirePeerWrites() const = 0;
 };
 
 }  // namespace kvferry::transfer
