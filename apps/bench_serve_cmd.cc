@@ -77,6 +77,9 @@ http::FetchOptions PostOptions(const BenchArgs& a, std::string body) {
 Result OneRequest(const BenchArgs& a, const std::string& url, const std::string& model, std::vector<int32_t> prompt) {
   json body = {{"model", model},     {"prompt", prompt},     {"max_tokens", a.output_len},
                {"temperature", 0.0}, {"ignore_eos", true},   {"stream", a.stream}};
+  // Token ids in every chunk (vLLM's extension): the first token counts even when its text is
+  // empty or held back (a random-weight model's tokens often decode to nothing).
+  body["return_token_ids"] = true;
   if (a.stream) body["stream_options"] = {{"include_usage", true}};
   const Deadline deadline =
       Deadline::After(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.timeout_s)));
@@ -114,7 +117,9 @@ Result OneRequest(const BenchArgs& a, const std::string& url, const std::string&
       if (j.is_discarded()) continue;
       if (j.contains("error")) error = j["error"].value("message", std::string("error event"));
       if (!first && j.contains("choices") && !j["choices"].empty() &&
-          !j["choices"][0].value("text", std::string()).empty()) {
+          (!j["choices"][0].value("text", std::string()).empty() ||
+           (j["choices"][0].contains("token_ids") && j["choices"][0]["token_ids"].is_array() &&
+            !j["choices"][0]["token_ids"].empty()))) {
         first = true;
         r.ttft = NowSeconds() - t0;
       }

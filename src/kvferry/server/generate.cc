@@ -270,7 +270,9 @@ void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output
         ch.error = out.error;
       }
       if (c.req.stream) {
-        if (!released.empty() || (c.req.logprobs >= 0 && !out.logprobs.empty()) || (ch.done && ch.reason != engine::FinishReason::kError)) {
+        // With return_token_ids every token shows, even one whose text is held back or empty.
+        if (!released.empty() || (c.req.logprobs >= 0 && !out.logprobs.empty()) ||
+            (c.req.return_token_ids && !ids.empty()) || (ch.done && ch.reason != engine::FinishReason::kError)) {
           Emit(c, StreamChunk(c, ch, index, released, out.logprobs, ids,
                               ch.done && ch.reason != engine::FinishReason::kError ? FinishName(ch.reason) : nullptr));
         }
