@@ -66,14 +66,21 @@ for proto in tcp shm; do
     >"$work/x.log" 2>&1 & pids+=($!)
   wait_healthy "http://127.0.0.1:$c_port"
   wait_healthy "http://127.0.0.1:$x_port"
-  for target in colocated proxy; do
-    url="http://127.0.0.1:$c_port"; [ $target = proxy ] && url="http://127.0.0.1:$x_port"
-    # Different prompts each time (seed) so that no prefix cache helps either side.
-    j=$("$bin" bench serve --url "$url" --concurrency 1 --num-prompts $n_req --input-len 1024 --output-len 8 \
-        --stream --json --seed $RANDOM --token-id-max 100000 2>/dev/null)
-    ttft=$(python3 -c 'import json,sys; print("%.0f" % json.loads(sys.argv[1])["ttft_p50_ms"])' "$j")
-    eval "ttft_$target=$ttft"
+  # Alternate colocated and proxied requests, so that drift in machine load hits both alike.
+  tc=() tx=()
+  for i in $(seq $n_req); do
+    for target in colocated proxy; do
+      url="http://127.0.0.1:$c_port"; [ $target = proxy ] && url="http://127.0.0.1:$x_port"
+      # A fresh prompt each time (seed) so that no prefix cache helps either side.
+      j=$("$bin" bench serve --url "$url" --concurrency 1 --num-prompts 1 --input-len 1024 --output-len 8 \
+          --stream --json --seed $((i * 7919 + 17)) --token-id-max 100000 2>/dev/null)
+      t=$(python3 -c 'import json,sys; print("%.1f" % json.loads(sys.argv[1])["ttft_p50_ms"])' "$j")
+      if [ $target = proxy ]; then tx+=("$t"); else tc+=("$t"); fi
+    done
   done
+  ttft_colocated=$(printf '%s\n' "${tc[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  ttft_proxy=$(printf '%s\n' "${tx[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "  colocated TTFT ms: ${tc[*]}; through proxy: ${tx[*]}"
   P="http://127.0.0.1:$p_port"
   xfers=$(metric "$P" kvferry:kv_transfers_total)
   bytes=$(metric "$P" kvferry:kv_transfer_bytes_total)

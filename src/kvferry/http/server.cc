@@ -200,12 +200,14 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer& timer() { return timer_; }
   awaitable<void> Run();
   void Close() {
-    asio::post(strand_, [self = shared_from_this()] {
-      beast::error_code ec;
-      self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-      self->stream_.socket().close(ec);
-      self->timer_.cancel();
-    });
+    asio::post(strand_, [self = shared_from_this()] { self->CloseNow(); });
+  }
+  // Only when no io thread runs (after the server's threads were joined).
+  void CloseNow() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+    timer_.cancel();
   }
 
  private:
@@ -285,6 +287,15 @@ class ServerImpl final : public Server {
     ioc_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    // ioc_.stop() may have dropped the posted closes: with every io thread joined, close the
+    // listener and what is left here, so that no client can still connect or wait on a socket
+    // nobody serves (the kernel would otherwise keep accepting into the backlog).
+    beast::error_code ec;
+    acceptor_.close(ec);
+    MutexLock l(mu_);
+    for (auto& w : sessions_) {
+      if (auto s = w.lock()) s->CloseNow();
+    }
   }
 
   int64_t open_connections() const override {
