@@ -1,6 +1,6 @@
 // `kvferry bench ...`: benchmarks that print figures (and one JSON object with --json).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -106,18 +106,18 @@ void AddTransferBench(CLI::App& bench) {
       return;
     }
     if (f->json) {
-      nlohmann::json j = {{"bench", "transfer"}, {"protocol", f->protocol}, {"op", f->op},
-                          {"block_size", c.block_size}, {"batch", c.batch}, {"threads", c.threads},
-                          {"lanes", c.lanes}, {"gbps", r->gbps}, {"p50_us", r->p50_us}, {"p99_us", r->p99_us},
-                          {"bytes", r->bytes}, {"batches", r->batches}, {"seconds", r->seconds},
-                          {"verified", r->verified}, {"target", r->target}};
+      nlohmann::json j = {{"bench", "transfer"},        {"protocol", f->protocol}, {"op", f->op},
+                          {"block_size", c.block_size}, {"batch", c.batch},        {"threads", c.threads},
+                          {"lanes", c.lanes},           {"gbps", r->gbps},         {"p50_us", r->p50_us},
+                          {"p99_us", r->p99_us},        {"bytes", r->bytes},       {"batches", r->batches},
+                          {"seconds", r->seconds},      {"verified", r->verified}, {"target", r->target}};
       fmt::print("{}\n", j.dump());
     } else {
-      fmt::print("transfer {} {} to {}: block {} x batch {} x {} thread(s), {} lanes\n", f->protocol, f->op,
-                 r->target, FormatBytes(c.block_size), c.batch, c.threads, c.lanes);
+      fmt::print("transfer {} {} to {}: block {} x batch {} x {} thread(s), {} lanes\n", f->protocol, f->op, r->target,
+                 FormatBytes(c.block_size), c.batch, c.threads, c.lanes);
       if (r->verified) fmt::print("  verify: pattern written and read back intact\n");
-      fmt::print("  {:.2f} GB/s   batch latency p50 {:.0f} us  p99 {:.0f} us   ({} batches, {} in {:.1f} s)\n",
-                 r->gbps, r->p50_us, r->p99_us, r->batches, FormatBytes(r->bytes), r->seconds);
+      fmt::print("  {:.2f} GB/s   batch latency p50 {:.0f} us  p99 {:.0f} us   ({} batches, {} in {:.1f} s)\n", r->gbps,
+                 r->p50_us, r->p99_us, r->batches, FormatBytes(r->bytes), r->seconds);
     }
   });
 }
@@ -138,9 +138,11 @@ void AddMemcpyBench(CLI::App& bench) {
     }
     MemcpyResult r = RunMemcpyBench(*size, *duration);
     if (*json) {
-      fmt::print("{}\n", nlohmann::json{{"bench", "memcpy"}, {"block_size", *size}, {"gbps", r.gbps},
-                                        {"bytes", r.bytes}, {"seconds", r.seconds}}
-                             .dump());
+      fmt::print(
+          "{}\n",
+          nlohmann::json{
+              {"bench", "memcpy"}, {"block_size", *size}, {"gbps", r.gbps}, {"bytes", r.bytes}, {"seconds", r.seconds}}
+              .dump());
     } else {
       fmt::print("memcpy {}: {:.2f} GB/s ({} in {:.1f} s, 1 thread)\n", FormatBytes(*size), r.gbps,
                  FormatBytes(r.bytes), r.seconds);

@@ -1,8 +1,7 @@
 // `kvferry bench proxy`: the proxy's added latency and memory while it holds many
-// concurrent streams (probes alternate direct / through the proxy under that load). Fake upstreams run in this process (a prefiller answering /health, bootstrap
-// /query and 1-token completions; a decoder streaming SSE chunks); the real proxy runs as
-// a child process (`kvferry proxy`), so its peak RSS (VmHWM) is its own.
-#include <CLI/CLI.hpp>
+// concurrent streams (probes alternate direct / through the proxy under that load). Fake upstreams run in this process
+// (a prefiller answering /health, bootstrap /query and 1-token completions; a decoder streaming SSE chunks); the real
+// proxy runs as a child process (`kvferry proxy`), so its peak RSS (VmHWM) is its own.
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -11,12 +10,13 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <fstream>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "apps/commands.h"
@@ -49,7 +49,8 @@ class FakeDecoder {
     o.host = "127.0.0.1";
     o.io_threads = 2;
     o.max_connections = 100000;
-    KVF_ASSIGN_OR_RETURN(d->server_, http::Server::Create(o, [p = d.get()](http::Request req, std::shared_ptr<http::Responder> r) {
+    KVF_ASSIGN_OR_RETURN(d->server_,
+                         http::Server::Create(o, [p = d.get()](http::Request req, std::shared_ptr<http::Responder> r) {
                            p->Handle(req, std::move(r));
                          }));
     d->ticker_ = std::thread([p = d.get()] { p->Tick(); });
@@ -146,8 +147,10 @@ class Load {
     h.on_done = [this, k, tail](const Status& st) {
       samples_[k].total_ms = Since(k);
       samples_[k].ok = st.ok() && tail->ends_with("data: [DONE]\n\n");
-      if (!st.ok()) samples_[k].error = st.ToString();
-      else if (!samples_[k].ok) samples_[k].error = "stream ended without data: [DONE]: ..." + *tail;
+      if (!st.ok())
+        samples_[k].error = st.ToString();
+      else if (!samples_[k].ok)
+        samples_[k].error = "stream ended without data: [DONE]: ..." + *tail;
       MutexLock l(mu_);
       ++done_;
       cv_.NotifyAll();
@@ -341,13 +344,17 @@ int RunBench(const BenchArgs& a) {
   int failed = all_done ? 0 : a.streams;
   for (int i = 0; i < 2 * probes; ++i) {
     const Sample& s = probe.samples()[static_cast<size_t>(i)];
-    if (!s.ok) ++failed;
-    else (i % 2 == 0 ? direct : proxied).push_back(s.total_ms);
+    if (!s.ok)
+      ++failed;
+    else
+      (i % 2 == 0 ? direct : proxied).push_back(s.total_ms);
   }
   if (all_done) {
     for (const Sample& s : load.samples()) {
-      if (!s.ok) ++failed;
-      else stream_ttfb.push_back(s.ttfb_ms);
+      if (!s.ok)
+        ++failed;
+      else
+        stream_ttfb.push_back(s.ttfb_ms);
     }
   }
   int shown = 0;
@@ -383,9 +390,10 @@ int RunBench(const BenchArgs& a) {
                      {"proxy_exit_code", exit_code}};
     fmt::print("{}\n", j.dump());
   } else {
-    fmt::print("bench proxy: {} concurrent streams through the proxy (started over {:.1f} s), {} SSE chunks each,\n"
-               "  one every {} ms; {} probes each way (one chunk + [DONE]) while they run\n",
-               a.streams, a.ramp_s, a.chunks + 1, a.interval_ms, probes);
+    fmt::print(
+        "bench proxy: {} concurrent streams through the proxy (started over {:.1f} s), {} SSE chunks each,\n"
+        "  one every {} ms; {} probes each way (one chunk + [DONE]) while they run\n",
+        a.streams, a.ramp_s, a.chunks + 1, a.interval_ms, probes);
     fmt::print("  probe latency   direct p50 {:.3f} ms  p99 {:.3f} ms\n", d50, d99);
     fmt::print("                  proxy  p50 {:.3f} ms  p99 {:.3f} ms\n", p50, p99);
     fmt::print("  added latency   p50 {:.3f} ms  p99 {:.3f} ms\n", p50 - d50, p99 - d99);
@@ -409,7 +417,9 @@ void AddProxyBenchCommand(CLI::App& bench) {
       "requests alternate between the fake decoder and the proxy; added latency = proxy p50/p99 minus\n"
       "direct p50/p99. Also the proxy's RSS (VmHWM) and CPU time.");
   auto a = std::make_shared<BenchArgs>();
-  cmd->add_option("--streams", a->streams, "concurrent streaming requests")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--streams", a->streams, "concurrent streaming requests")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   cmd->add_option("--chunks", a->chunks, "SSE chunks per stream after the first")->capture_default_str();
   cmd->add_option("--interval-ms", a->interval_ms, "milliseconds between a stream's chunks")->capture_default_str();
   cmd->add_option("--ramp", a->ramp_s, "seconds over which the streams start")->capture_default_str();

@@ -2,8 +2,8 @@
 // token-id prompts on /v1/completions (greedy, ignore_eos, so every request yields exactly
 // --output-len tokens) from --concurrency client threads; reports the figures vLLM's
 // `bench serve` reports.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -61,7 +61,8 @@ std::string Base(std::string url) {
   while (!url.empty() && url.back() == '/') url.pop_back();
   for (const char* suffix : {"/v1/completions", "/v1"}) {
     const std::string s = suffix;
-    if (url.size() >= s.size() && url.compare(url.size() - s.size(), s.size(), s) == 0) url.resize(url.size() - s.size());
+    if (url.size() >= s.size() && url.compare(url.size() - s.size(), s.size(), s) == 0)
+      url.resize(url.size() - s.size());
   }
   return url;
 }
@@ -75,8 +76,8 @@ http::FetchOptions PostOptions(const BenchArgs& a, std::string body) {
 }
 
 Result OneRequest(const BenchArgs& a, const std::string& url, const std::string& model, std::vector<int32_t> prompt) {
-  json body = {{"model", model},     {"prompt", prompt},     {"max_tokens", a.output_len},
-               {"temperature", 0.0}, {"ignore_eos", true},   {"stream", a.stream}};
+  json body = {{"model", model},     {"prompt", prompt},   {"max_tokens", a.output_len},
+               {"temperature", 0.0}, {"ignore_eos", true}, {"stream", a.stream}};
   // Token ids in every chunk (vLLM's extension): the first token counts even when its text is
   // empty or held back (a random-weight model's tokens often decode to nothing).
   body["return_token_ids"] = true;
@@ -123,7 +124,8 @@ Result OneRequest(const BenchArgs& a, const std::string& url, const std::string&
         first = true;
         r.ttft = NowSeconds() - t0;
       }
-      if (j.contains("usage") && j["usage"].is_object()) r.output_tokens = j["usage"].value("completion_tokens", int64_t{0});
+      if (j.contains("usage") && j["usage"].is_object())
+        r.output_tokens = j["usage"].value("completion_tokens", int64_t{0});
     }
     return true;
   };
@@ -164,14 +166,16 @@ int RunBench(const BenchArgs& a) {
     if (!r.ok()) return fail(r.status());
     json j = json::parse(r->body, nullptr, false);
     if (r->status != 200 || j.is_discarded() || !j.contains("data") || j["data"].empty())
-      return fail(UnavailableError(fmt::format("GET {}/v1/models answered {}: {}", base, r->status, r->body.substr(0, 200))));
+      return fail(
+          UnavailableError(fmt::format("GET {}/v1/models answered {}: {}", base, r->status, r->body.substr(0, 200))));
     model = j["data"][0].value("id", std::string());
   }
   // Prompts are drawn up front so every run with the same seed sends the same requests.
   std::mt19937 rng(static_cast<uint32_t>(a.seed));
   std::vector<std::vector<int32_t>> prompts(a.num_prompts);
   for (auto& p : prompts)
-    for (int t = 0; t < a.input_len; ++t) p.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(a.token_id_max)));
+    for (int t = 0; t < a.input_len; ++t)
+      p.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(a.token_id_max)));
 
   auto sh = std::make_shared<Shared>();
   const std::string url = base + "/v1/completions";
@@ -221,7 +225,8 @@ int RunBench(const BenchArgs& a) {
     out_tokens += r.output_tokens;
     ttft.push_back(1000 * r.ttft);
     e2e.push_back(1000 * r.latency);
-    if (a.stream && r.output_tokens > 1) tpot.push_back(1000 * (r.latency - r.ttft) / static_cast<double>(r.output_tokens - 1));
+    if (a.stream && r.output_tokens > 1)
+      tpot.push_back(1000 * (r.latency - r.ttft) / static_cast<double>(r.output_tokens - 1));
     if (!a.stream && r.output_tokens > 0) tpot.push_back(1000 * r.latency / static_cast<double>(r.output_tokens));
   }
   const double req_s = ok / elapsed, tok_s = static_cast<double>(out_tokens) / elapsed;

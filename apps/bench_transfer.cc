@@ -64,7 +64,9 @@ double Percentile(std::vector<double>& v, double p) {
 }
 
 std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
+void OnSignal(int) {
+  g_stop.store(true);
+}
 
 }  // namespace
 
@@ -81,8 +83,8 @@ StatusOr<std::pair<int, std::string>> SpawnTransferTarget(transfer::Protocol pro
     if (getppid() != parent) _exit(1);
     dup2(pipefd[1], STDOUT_FILENO);
     // The child's logs (startup lines, the no-secret warning) would only clutter the figures.
-    execl("/proc/self/exe", "kvferry", "--log-level", "error", "bench", "transfer", "--mode", "target", "--listen", "127.0.0.1",
-          "--protocol", proto.c_str(), "--buffer-size", size.c_str(), static_cast<char*>(nullptr));
+    execl("/proc/self/exe", "kvferry", "--log-level", "error", "bench", "transfer", "--mode", "target", "--listen",
+          "127.0.0.1", "--protocol", proto.c_str(), "--buffer-size", size.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   close(pipefd[1]);

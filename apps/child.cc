@@ -75,7 +75,9 @@ bool Child::Reap(bool block) {
   return true;
 }
 
-bool Child::Running() { return pid_ > 0 && !Reap(false); }
+bool Child::Running() {
+  return pid_ > 0 && !Reap(false);
+}
 
 std::optional<int> Child::Wait(Duration timeout) {
   if (pid_ <= 0) return -1;

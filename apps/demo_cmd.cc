@@ -3,8 +3,8 @@
 // over a generated tiny model, streams a chat answer through the proxy, prints the KV-transfer
 // figures both servers report and shuts everything down. `--transfer` instead measures the
 // transfer engine alone (two engines in two processes, tcp and shm).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
@@ -67,9 +67,10 @@ int TransferDemo(double seconds) {
                k.op == transfer::Op::kWrite ? "write" : "read", FormatBytes(k.block), k.batch, r->gbps, r->p50_us,
                r->p99_us, r->verified ? "data verified" : "-");
   }
-  fmt::print("\nEach row: a fresh target process, a segment handshake, a pattern written and read back\n"
-             "and compared, then {:.1f} s of batches. See `kvferry bench transfer --help` for more.\n",
-             seconds);
+  fmt::print(
+      "\nEach row: a fresh target process, a segment handshake, a pattern written and read back\n"
+      "and compared, then {:.1f} s of batches. See `kvferry bench transfer --help` for more.\n",
+      seconds);
   return 0;
 }
 
@@ -155,9 +156,10 @@ int DisaggDemo(const DemoArgs& a) {
     mo.show_progress = false;
     Status s = model::MakeTinyModel(model_dir, mo);
     if (!s.ok()) return fail(s);
-    fmt::print("model      generated tiny Qwen2 model (4 layers, hidden 128, bf16, random weights: its answer is\n"
-               "           noise, but the same noise a colocated server gives) in {}\n",
-               model_dir);
+    fmt::print(
+        "model      generated tiny Qwen2 model (4 layers, hidden 128, bf16, random weights: its answer is\n"
+        "           noise, but the same noise a colocated server gives) in {}\n",
+        model_dir);
   }
   uint16_t ports[4];
   for (uint16_t& p : ports) {
@@ -170,7 +172,8 @@ int DisaggDemo(const DemoArgs& a) {
   const std::string p_cfg = R"({"kv_connector":"MooncakeConnector","kv_role":"kv_producer",)" + extra + "}";
   const std::string d_cfg = R"({"kv_connector":"MooncakeConnector","kv_role":"kv_consumer",)" + extra + "}";
   const std::string log_level = GetLogLevel() == LogLevel::kDebug ? "debug" : "info";
-  std::vector<std::string> common = {"--host", "127.0.0.1", "--served-model-name", "tiny", "--kv-cache-memory", "64MiB"};
+  std::vector<std::string> common = {"--host", "127.0.0.1",         "--served-model-name",
+                                     "tiny",   "--kv-cache-memory", "64MiB"};
   auto serve_args = [&](uint16_t port, const std::string& cfg) {
     std::vector<std::string> v = {"--log-level", log_level, "serve", model_dir, "--port", std::to_string(port)};
     v.insert(v.end(), common.begin(), common.end());
@@ -186,10 +189,14 @@ int DisaggDemo(const DemoArgs& a) {
     std::string shown;
   };
   const std::vector<Spec> specs = {
-      {"prefiller", serve_args(p_port, p_cfg), {fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={}", boot_port)},
-       fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={} kvferry serve MODEL --port {} --kv-transfer-config '{}'",
-                   boot_port, p_port, p_cfg)},
-      {"decoder", serve_args(d_port, d_cfg), {},
+      {"prefiller",
+       serve_args(p_port, p_cfg),
+       {fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={}", boot_port)},
+       fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={} kvferry serve MODEL --port {} --kv-transfer-config '{}'", boot_port,
+                   p_port, p_cfg)},
+      {"decoder",
+       serve_args(d_port, d_cfg),
+       {},
        fmt::format("kvferry serve MODEL --port {} --kv-transfer-config '{}'", d_port, d_cfg)},
       {"proxy",
        {"--log-level", log_level, "proxy", "--prefill", fmt::format("http://127.0.0.1:{}", p_port),
@@ -244,8 +251,10 @@ int DisaggDemo(const DemoArgs& a) {
               if (first_token == 0) first_token = NowSeconds();
               // Keep the demo's output on one readable block: show control characters escaped.
               for (char ch : text) {
-                if (ch == '\n') std::fputs("\n           ", stdout);
-                else std::fputc(static_cast<unsigned char>(ch) < 0x20 ? '?' : ch, stdout);
+                if (ch == '\n')
+                  std::fputs("\n           ", stdout);
+                else
+                  std::fputc(static_cast<unsigned char>(ch) < 0x20 ? '?' : ch, stdout);
               }
               std::fflush(stdout);
             }
@@ -268,14 +277,15 @@ int DisaggDemo(const DemoArgs& a) {
   if (!r.ok()) return fail(r.status().WithContext("request through the proxy"));
   if (r->status != 200) return fail(InternalError(fmt::format("the proxy answered HTTP {}", r->status)));
   if (finish.empty() || finish == "error") return fail(InternalError("the stream ended without a finish reason"));
-  fmt::print("request    {} prompt tokens, {} generated, finish_reason {}; first token after {:.1f} ms, all after "
-             "{:.1f} ms\n",
-             prompt_tokens, completion_tokens, finish, (first_token > 0 ? first_token - sent : 0) * 1e3,
-             (done - sent) * 1e3);
+  fmt::print(
+      "request    {} prompt tokens, {} generated, finish_reason {}; first token after {:.1f} ms, all after "
+      "{:.1f} ms\n",
+      prompt_tokens, completion_tokens, finish, (first_token > 0 ? first_token - sent : 0) * 1e3, (done - sent) * 1e3);
 
   // What each side says about the KV transfer.
   auto metrics = [](uint16_t port) -> std::string {
-    auto m = http::Fetch(fmt::format("http://127.0.0.1:{}/metrics", port), {}, Deadline::After(std::chrono::seconds(5)));
+    auto m =
+        http::Fetch(fmt::format("http://127.0.0.1:{}/metrics", port), {}, Deadline::After(std::chrono::seconds(5)));
     return m.ok() && m->status == 200 ? m->body : std::string();
   };
   const std::string pm = metrics(p_port), dm = metrics(d_port);

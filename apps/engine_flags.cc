@@ -1,7 +1,7 @@
 #include "apps/engine_flags.h"
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <fstream>
 #include <sstream>
@@ -82,8 +82,8 @@ StatusOr<engine::EngineOptions> ToEngineOptions(const EngineFlags& f, const std:
   o.max_waiting = static_cast<size_t>(f.max_waiting);
   StatusOr<uint64_t> bytes = ParseByteSize(f.kv_cache_memory);
   if (!bytes.ok() || *bytes == 0)
-    return InvalidArgumentError(fmt::format("--kv-cache-memory {}: expected a size such as 512MiB or 2GiB",
-                                            f.kv_cache_memory));
+    return InvalidArgumentError(
+        fmt::format("--kv-cache-memory {}: expected a size such as 512MiB or 2GiB", f.kv_cache_memory));
   o.kv_cache_bytes = *bytes;
   KVF_ASSIGN_OR_RETURN(kernels::DType weights, DTypeFlag("--dtype", f.dtype, config.torch_dtype));
   if (weights != config.torch_dtype)

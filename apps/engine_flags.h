@@ -15,7 +15,7 @@ class App;
 namespace kvferry::apps {
 
 struct EngineFlags {
-  int64_t max_model_len = 0;            // 0: the model's max_position_embeddings
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   int max_num_seqs = 64;
   int64_t max_num_batched_tokens = 2048;
   int64_t block_size = 16;

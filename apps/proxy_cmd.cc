@@ -1,10 +1,10 @@
 // `kvferry proxy --prefill URL [BOOTSTRAP_PORT] ... --decode URL ... [--host H] [--port P]`.
 #include "apps/proxy_cmd.h"
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <CLI/CLI.hpp>
 
 #include <memory>
 
@@ -21,7 +21,9 @@ void AddProxyOptions(CLI::App& cmd, ProxyCliArgs* a) {
   cmd.add_option("--decode", a->decode, "URL of a decode instance. Repeat for several instances.")->required();
   cmd.add_option("--host", a->host, "listen address")->capture_default_str();
   cmd.add_option("--port", a->port, "listen port (0 picks a free one)")->capture_default_str();
-  cmd.add_option("--io-threads", a->io_threads, "client-facing io threads")->capture_default_str()->check(CLI::Range(1, 64));
+  cmd.add_option("--io-threads", a->io_threads, "client-facing io threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd.add_option("--upstream-threads", a->upstream_threads, "io threads for the legs to the instances")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));

@@ -47,10 +47,10 @@ TEST(ProxyCommandTest, PrefillTakesAUrlAndAnOptionalBootstrapPort) {
   EXPECT_EQ(o2->prefill[1].bootstrap_port, 8998);
   EXPECT_EQ(o2->port, 8000);
   EXPECT_EQ(o2->host, "127.0.0.1");
-  EXPECT_FALSE(Parse({"--decode", "http://c:8020"}).ok());                              // no prefiller
-  EXPECT_FALSE(Parse({"--prefill", "http://a:1", "--decode"}).ok());                     // no decoder URL
+  EXPECT_FALSE(Parse({"--decode", "http://c:8020"}).ok());                                    // no prefiller
+  EXPECT_FALSE(Parse({"--prefill", "http://a:1", "--decode"}).ok());                          // no decoder URL
   EXPECT_FALSE(Parse({"--prefill", "http://a:1", "x", "y", "--decode", "http://c:2"}).ok());  // three values
-  EXPECT_FALSE(Parse({"--prefill", "http://a:1", "99999", "--decode", "http://c:2"}).ok());  // bad port
+  EXPECT_FALSE(Parse({"--prefill", "http://a:1", "99999", "--decode", "http://c:2"}).ok());   // bad port
 }
 
 }  // namespace

@@ -100,8 +100,8 @@ int Run(const RunArgs& a) {
   });
   if (!st.ok()) return fail(st);
 
-  const Deadline deadline = Deadline::After(std::chrono::duration_cast<Duration>(
-      std::chrono::duration<double>(a.timeout_s)));
+  const Deadline deadline =
+      Deadline::After(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.timeout_s)));
   // Text goes to stdout as it is generated (not from the engine's thread: a slow stdout must
   // not stall the scheduler).
   std::optional<tokenizer::IncrementalDetokenizer> detok;

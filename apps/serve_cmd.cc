@@ -1,7 +1,7 @@
 // `kvferry serve MODEL_DIR`: the OpenAI-compatible server (docs/serve.md).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <pthread.h>
+#include <CLI/CLI.hpp>
 
 #include <csignal>
 #include <cstdio>
@@ -54,7 +54,8 @@ int Serve(const ServeArgs& a) {
   if (a.io_threads < 1) return Fail(InvalidArgumentError("--http-threads must be >= 1"));
   if (a.shutdown_timeout_s < 0) return Fail(InvalidArgumentError("--shutdown-timeout must be >= 0"));
   StatusOr<uint64_t> max_body = ParseByteSize(a.max_request_body);
-  if (!max_body.ok() || *max_body == 0) return Fail(InvalidArgumentError("--max-request-body: expected a size such as 8MiB"));
+  if (!max_body.ok() || *max_body == 0)
+    return Fail(InvalidArgumentError("--max-request-body: expected a size such as 8MiB"));
   StatusOr<engine::EngineOptions> options = ToEngineOptions(a.engine, a.model_dir);
   if (!options.ok()) return Fail(options.status());
 
@@ -112,8 +113,8 @@ int Serve(const ServeArgs& a) {
   so.port = static_cast<uint16_t>(a.port);
   so.io_threads = a.io_threads;
   so.max_body_bytes = *max_body;
-  StatusOr<std::unique_ptr<http::Server>> srv = http::Server::Create(
-      so, [frontend](http::Request req, std::shared_ptr<http::Responder> resp) {
+  StatusOr<std::unique_ptr<http::Server>> srv =
+      http::Server::Create(so, [frontend](http::Request req, std::shared_ptr<http::Responder> resp) {
         frontend->Handle(std::move(req), std::move(resp));
       });
   if (!srv.ok()) {
@@ -133,8 +134,8 @@ int Serve(const ServeArgs& a) {
   }
   KVF_LOG_INFO("serve: {}: no new requests; draining {} in flight (up to {} s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                frontend->active_requests(), a.shutdown_timeout_s);
-  const Deadline deadline = Deadline::After(
-      std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
+  const Deadline deadline =
+      Deadline::After(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
   if (Status st = frontend->Drain(deadline); !st.ok()) KVF_LOG_WARN("serve: drain: {}", st.ToString());
   // The last answers may still sit in connection buffers: give clients a moment (bounded) to
   // read them and hang up before Stop() closes every connection.

@@ -18,8 +18,12 @@
 namespace kvferry::connector {
 namespace {
 
-bool TakesPrefillLeg(KvRole r) { return r != KvRole::kConsumer; }
-bool TakesDecodeLeg(KvRole r) { return r != KvRole::kProducer; }
+bool TakesPrefillLeg(KvRole r) {
+  return r != KvRole::kConsumer;
+}
+bool TakesDecodeLeg(KvRole r) {
+  return r != KvRole::kProducer;
+}
 
 // "http://HOST:PORT" from "HOST:PORT", "http://HOST:PORT" or "http://HOST:PORT/".
 std::string NormalizeUrl(std::string url) {
@@ -81,8 +85,8 @@ class ConnectorImpl final : public Connector {
     if (p.transfer_id.empty()) return InvalidArgumentError("kv_transfer_params.transfer_id is required");
     if (p.do_remote_decode) {
       if (!TakesPrefillLeg(role)) {
-        return InvalidArgumentError(fmt::format(
-            "this instance is a {}: it cannot take the prefill leg (do_remote_decode)", KvRoleName(role)));
+        return InvalidArgumentError(
+            fmt::format("this instance is a {}: it cannot take the prefill leg (do_remote_decode)", KvRoleName(role)));
       }
       Producer* prod = producer();
       if (prod == nullptr) return FailedPreconditionError("connector is not started");
@@ -234,7 +238,8 @@ class ConnectorImpl final : public Connector {
     }
     const WorkerInfo w{cfg.engine_id, options_.dp_rank, 0, 0, endpoint};
     Status st = RegisterWorker(url, w, cfg.connector_timeout, 3);
-    if (!st.ok()) return st.WithContext(fmt::format("connector: registering worker {} with bootstrap {}", endpoint, url));
+    if (!st.ok())
+      return st.WithContext(fmt::format("connector: registering worker {} with bootstrap {}", endpoint, url));
     KVF_LOG_INFO("connector: worker dp {} registered at {} as {}", options_.dp_rank, url, endpoint);
     return Status::Ok();
   }

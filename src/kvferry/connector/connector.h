@@ -46,7 +46,7 @@ struct RequestKvParams {
 
 // Prometheus-visible counters (both roles).
 struct ConnectorStats {
-  uint64_t transfers_total = 0;          // KV transfers completed (sent by P, received by D)
+  uint64_t transfers_total = 0;  // KV transfers completed (sent by P, received by D)
   uint64_t transfer_bytes_total = 0;
   uint64_t transfer_blocks_total = 0;
   uint64_t transfer_descriptors_total = 0;

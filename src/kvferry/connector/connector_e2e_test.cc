@@ -18,7 +18,9 @@
 // TSan: libzmq is not instrumented (see zmq_util.cc). The decoder's engine reads KV bytes its
 // transfer-engine thread received; the consumer's AcquirePeerWrites makes that ordering visible.
 #if defined(__SANITIZE_THREAD__)
-extern "C" const char* __tsan_default_suppressions() { return "called_from_lib:libzmq.so\n"; }
+extern "C" const char* __tsan_default_suppressions() {
+  return "called_from_lib:libzmq.so\n";
+}
 #endif
 
 namespace kvferry::connector {
@@ -84,8 +86,7 @@ class Side {
   }
 
   // BeginRequest + Add (+ CancelRequest when Add fails), outputs fed to the connector first.
-  StatusOr<engine::KvRole> Add(const std::string& id, RequestSpec spec, const RequestKvParams& params,
-                               Collector& col) {
+  StatusOr<engine::KvRole> Add(const std::string& id, RequestSpec spec, const RequestKvParams& params, Collector& col) {
     KVF_ASSIGN_OR_RETURN(engine::KvRole role, conn->BeginRequest(id, params));
     spec.id = id;
     spec.kv_role = role;
@@ -103,7 +104,8 @@ class Side {
   }
 
   bool BlocksFree(Duration timeout = 20s) {
-    return engine::testing::WaitStats(*eng, [](const EngineStats& s) { return s.blocks_used == 0; }, timeout);
+    return engine::testing::WaitStats(
+        *eng, [](const EngineStats& s) { return s.blocks_used == 0; }, timeout);
   }
 
   std::unique_ptr<Connector> conn;
@@ -137,7 +139,9 @@ bool WaitFor(Pred pred, Duration timeout = 20s) {
   return true;
 }
 
-uint64_t BlocksFor(size_t tokens) { return (tokens + 15) / 16; }
+uint64_t BlocksFor(size_t tokens) {
+  return (tokens + 15) / 16;
+}
 
 class ConnectorE2ETest : public ::testing::TestWithParam<transfer::Protocol> {
  protected:
@@ -212,11 +216,11 @@ TEST_P(ConnectorE2ETest, DisaggregatedEqualsColocated) {
   EXPECT_EQ(ds.transfer_blocks_total, blocks);
   EXPECT_EQ(ds.failed_receives_total, 0u);
   const std::string text = p_->conn->MetricsText();
-  for (const char* name : {"kvferry:kv_transfers_total 5", "kvferry:kv_transfer_bytes_total", "kvferry:kv_transfer_blocks_total",
-                           "# TYPE kvferry:kv_transfer_duration_seconds histogram",
-                           "kvferry:kv_transfer_duration_seconds_count 5", "kvferry:kv_transfer_descriptors_total",
-                           "kvferry:kv_transfer_failed_total 0", "kvferry:kv_receive_failed_total 0",
-                           "kvferry:kv_expired_requests_total 0"}) {
+  for (const char* name :
+       {"kvferry:kv_transfers_total 5", "kvferry:kv_transfer_bytes_total", "kvferry:kv_transfer_blocks_total",
+        "# TYPE kvferry:kv_transfer_duration_seconds histogram", "kvferry:kv_transfer_duration_seconds_count 5",
+        "kvferry:kv_transfer_descriptors_total", "kvferry:kv_transfer_failed_total 0",
+        "kvferry:kv_receive_failed_total 0", "kvferry:kv_expired_requests_total 0"}) {
     EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
   }
   // A consumer-only instance refuses the prefill leg, a producer-only one the decode leg.
@@ -452,8 +456,7 @@ TEST_P(ConnectorE2ETest, BlockSizeMismatchIsAClearError) {
   ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-bs"), dc).ok());
   ASSERT_TRUE(dc.WaitFinished("d", 30s));
   EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
-  EXPECT_NE(dc.Get("d").error.message().find("block size mismatch"), std::string::npos)
-      << dc.Get("d").error.ToString();
+  EXPECT_NE(dc.Get("d").error.message().find("block size mismatch"), std::string::npos) << dc.Get("d").error.ToString();
   EXPECT_TRUE(p_->BlocksFree(5s));
 }
 

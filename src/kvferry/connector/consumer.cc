@@ -11,8 +11,12 @@ constexpr Duration kLoopTick = std::chrono::milliseconds(50);
 constexpr int kQueryThreads = 2;
 constexpr size_t kMaxReplyBytes = 1u << 20;
 
-double Secs(Duration d) { return std::chrono::duration<double>(d).count(); }
-TimePoint Now() { return Clock::Real()->Now(); }
+double Secs(Duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+TimePoint Now() {
+  return Clock::Real()->Now();
+}
 
 std::string SegmentHost(const std::string& segment) {
   std::string host;
@@ -39,7 +43,9 @@ Consumer::Consumer(const KvTransferConfig& config, engine::Engine* engine, const
       zmq_ctx_(zmq_ctx),
       block_bytes_(engine->kv_bytes_per_block()) {}
 
-Consumer::~Consumer() { Shutdown(Deadline::After(std::chrono::seconds(10))); }
+Consumer::~Consumer() {
+  Shutdown(Deadline::After(std::chrono::seconds(10)));
+}
 
 Status Consumer::Start() {
   if (!waker_.ok()) return InternalError("side channel: cannot create an eventfd");
@@ -201,7 +207,8 @@ void Consumer::Loop() {
     }
     Duration wait = kLoopTick;
     const TimePoint now = Now();
-    for (const auto& [id, f] : in_flight_) wait = std::min<Duration>(wait, std::max<Duration>(Duration::zero(), f.deadline - now));
+    for (const auto& [id, f] : in_flight_)
+      wait = std::min<Duration>(wait, std::max<Duration>(Duration::zero(), f.deadline - now));
     PollItems(items, wait);
     waker_.Drain();
     for (size_t i = 0; i < socks.size(); ++i) {
@@ -235,8 +242,8 @@ void Consumer::Loop() {
       }
       bootstrap_[f.bootstrap_url].map.reset();  // the prefiller may have moved: ask again next time
       Complete(id,
-               DeadlineExceededError(fmt::format("no answer from prefiller {} for transfer {} within {:.1f} s",
-                                                 f.addr, f.transfer_id, Secs(load_timeout_))),
+               DeadlineExceededError(fmt::format("no answer from prefiller {} for transfer {} within {:.1f} s", f.addr,
+                                                 f.transfer_id, Secs(load_timeout_))),
                0, {});
     }
     if (stop) break;
@@ -250,9 +257,7 @@ void Consumer::Loop() {
 
 void Consumer::Process(Command c) {
   switch (c.kind) {
-    case Command::Kind::kPull:
-      Resolve(std::move(c.pull));
-      break;
+    case Command::Kind::kPull: Resolve(std::move(c.pull)); break;
     case Command::Kind::kAbort: {
       // A real pull still waiting for its bootstrap answer turns into the notice when sent.
       // Either way no write can be under way yet, so the engine may free the blocks now.
@@ -275,9 +280,7 @@ void Consumer::Process(Command c) {
       Resolve(std::move(c.pull));
       break;
     }
-    case Command::Kind::kResolved:
-      OnResolved(c.url, std::move(*c.map));
-      break;
+    case Command::Kind::kResolved: OnResolved(c.url, std::move(*c.map)); break;
   }
 }
 
@@ -340,13 +343,13 @@ void Consumer::OnResolved(const std::string& url, StatusOr<BootstrapMap> map) {
 StatusOr<std::string> Consumer::PickWorker(const BootstrapMap& map, const Pull& pull) const {
   auto dp = map.find(pull.dp_rank);
   if (dp == map.end()) {
-    return NotFoundError(fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url,
-                                     pull.dp_rank));
+    return NotFoundError(
+        fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url, pull.dp_rank));
   }
   if (!pull.engine_id.empty() && dp->second.engine_id != pull.engine_id) {
-    return FailedPreconditionError(fmt::format(
-        "remote_engine_id {} does not match engine {} that bootstrap server {} lists for dp_rank {}", pull.engine_id,
-        dp->second.engine_id, pull.bootstrap_url, pull.dp_rank));
+    return FailedPreconditionError(
+        fmt::format("remote_engine_id {} does not match engine {} that bootstrap server {} lists for dp_rank {}",
+                    pull.engine_id, dp->second.engine_id, pull.bootstrap_url, pull.dp_rank));
   }
   auto tp = dp->second.worker_addr.find(0);
   if (tp == dp->second.worker_addr.end() || tp->second.count(0) == 0) {
@@ -402,8 +405,8 @@ void Consumer::Send(Pull pull, const std::string& addr) {
     return;
   }
   const TimePoint now = Now();
-  in_flight_[pull.request_id] = InFlight{pull.transfer_id, pull.bootstrap_url, addr, pull.blocks.size() * block_bytes_,
-                                         now, now + load_timeout_};
+  in_flight_[pull.request_id] =
+      InFlight{pull.transfer_id, pull.bootstrap_url, addr, pull.blocks.size() * block_bytes_, now, now + load_timeout_};
 }
 
 void Consumer::HandleReply(const std::string& addr, const std::vector<std::string>& frames) {

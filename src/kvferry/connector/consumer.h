@@ -75,14 +75,14 @@ class Consumer {
     std::string engine_id;
     int64_t dp_rank = 0;
     std::vector<int64_t> blocks;
-    bool empty = false;          // the abort notice: frees the prefiller's blocks
-    bool may_requery = true;     // a cached bootstrap map that does not fit is queried again once
+    bool empty = false;       // the abort notice: frees the prefiller's blocks
+    bool may_requery = true;  // a cached bootstrap map that does not fit is queried again once
   };
   struct Command {
     enum class Kind { kPull, kAbort, kResolved } kind = Kind::kPull;
-    Pull pull;                                   // kPull, kAbort
-    std::string url;                             // kResolved
-    std::optional<StatusOr<BootstrapMap>> map;   // kResolved
+    Pull pull;                                  // kPull, kAbort
+    std::string url;                            // kResolved
+    std::optional<StatusOr<BootstrapMap>> map;  // kResolved
   };
   struct BootstrapEntry {
     std::optional<BootstrapMap> map;
@@ -129,7 +129,7 @@ class Consumer {
   // I/O thread only.
   std::map<std::string, BootstrapEntry> bootstrap_;
   std::map<std::string, std::unique_ptr<zmq::socket_t>> dealers_;  // by "tcp://IP:PORT"
-  std::map<std::string, InFlight> in_flight_;                       // by request id
+  std::map<std::string, InFlight> in_flight_;                      // by request id
 
   mutable Mutex mu_;
   std::map<std::string, Load> loads_ KVF_GUARDED_BY(mu_);

@@ -74,8 +74,8 @@ ConnectorStats Metrics::Counters() const {
 
 std::string Metrics::Text(const ConnectorStats& s) const {
   std::string out;
-  Counter(&out, "kvferry:kv_transfers_total", "KV transfers completed (written by this prefiller or received by this decoder).",
-          s.transfers_total);
+  Counter(&out, "kvferry:kv_transfers_total",
+          "KV transfers completed (written by this prefiller or received by this decoder).", s.transfers_total);
   Counter(&out, "kvferry:kv_transfer_bytes_total", "KV bytes transferred.", s.transfer_bytes_total);
   Counter(&out, "kvferry:kv_transfer_blocks_total", "KV cache blocks transferred.", s.transfer_blocks_total);
   Counter(&out, "kvferry:kv_transfer_descriptors_total", "Transfer-engine descriptors submitted (after coalescing).",
@@ -88,7 +88,8 @@ std::string Metrics::Text(const ConnectorStats& s) const {
           s.expired_requests_total);
   Counter(&out, "kvferry:kv_rejected_messages_total", "Prefiller: side-channel messages that failed to decode.",
           s.rejected_messages_total);
-  Gauge(&out, "kvferry:kv_held_requests", "Prefiller: requests whose KV blocks are held for a decoder.", s.held_requests);
+  Gauge(&out, "kvferry:kv_held_requests", "Prefiller: requests whose KV blocks are held for a decoder.",
+        s.held_requests);
   Gauge(&out, "kvferry:kv_waiting_pulls", "Prefiller: decoder pulls waiting for their prefill.", s.waiting_pulls);
   Gauge(&out, "kvferry:kv_pending_loads", "Decoder: requests waiting for remote KV.", s.pending_loads);
   MutexLock l(mu_);

@@ -13,7 +13,7 @@ namespace kvferry::connector {
 
 // Upper bounds of the transfer duration histogram, seconds (+Inf implied).
 inline constexpr std::array<double, 12> kDurationBucketsS = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                              0.05,   0.1,   0.25,   0.5,   1.0,  5.0};
+                                                             0.05,   0.1,   0.25,   0.5,   1.0,  5.0};
 // Upper bounds of the descriptors-per-transfer histogram (+Inf implied).
 inline constexpr std::array<double, 9> kDescriptorBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 

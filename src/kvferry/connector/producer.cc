@@ -14,9 +14,13 @@ constexpr Duration kLoopTick = Ms(50);     // timer granularity of the side-chan
 constexpr Duration kWaitSlice = Ms(100);   // a sender re-checks shutdown this often
 constexpr size_t kMaxTombstones = 100000;  // bound on remembered ended transfer_ids
 
-double Secs(Duration d) { return std::chrono::duration<double>(d).count(); }
+double Secs(Duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
-TimePoint Now() { return Clock::Real()->Now(); }
+TimePoint Now() {
+  return Clock::Real()->Now();
+}
 
 }  // namespace
 
@@ -24,7 +28,9 @@ Producer::Producer(const KvTransferConfig& config, engine::Engine* engine, trans
                    Metrics* metrics, zmq::context_t* zmq_ctx)
     : config_(config), engine_(engine), te_(te), metrics_(metrics), zmq_ctx_(zmq_ctx) {}
 
-Producer::~Producer() { Shutdown(Deadline::After(std::chrono::seconds(10))); }
+Producer::~Producer() {
+  Shutdown(Deadline::After(std::chrono::seconds(10)));
+}
 
 Status Producer::Start(const std::string& host) {
   if (!waker_.ok()) return InternalError("side channel: cannot create an eventfd");
@@ -91,8 +97,8 @@ bool Producer::Cancel(const std::string& request_id) {
   by_request_.erase(it);
   auto e = entries_.find(tid);
   if (e != entries_.end()) {
-    FailWaitingLocked(e->second, FailedPreconditionError(fmt::format(
-                                     "the prefiller did not accept the request of transfer {}", tid)));
+    FailWaitingLocked(e->second, FailedPreconditionError(
+                                     fmt::format("the prefiller did not accept the request of transfer {}", tid)));
     entries_.erase(e);
   }
   TombstoneLocked(tid, "the prefiller did not accept the request");
@@ -125,10 +131,10 @@ bool Producer::OnOutput(const engine::Output& o) {
         }
       } else {
         release = !o.held_blocks.empty();
-        std::string why =
-            e.aborted ? std::string("the decoder aborted the request")
-                      : fmt::format("the prefill of request {} ended with '{}', not by reaching max_tokens",
-                                    o.request_id, engine::FinishReasonName(o.finish_reason));
+        std::string why = e.aborted
+                              ? std::string("the decoder aborted the request")
+                              : fmt::format("the prefill of request {} ended with '{}', not by reaching max_tokens",
+                                            o.request_id, engine::FinishReasonName(o.finish_reason));
         FailWaitingLocked(e, FailedPreconditionError(fmt::format("transfer {}: {}", tid, why)));
         entries_.erase(eit);
         TombstoneLocked(tid, why);
@@ -189,8 +195,7 @@ void Producer::Loop() {
   SetCurrentThreadName("kvf-sidechan");
   std::vector<std::string> frames;
   while (true) {
-    std::vector<zmq::pollitem_t> items = {{router_->handle(), 0, ZMQ_POLLIN, 0},
-                                          {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
+    std::vector<zmq::pollitem_t> items = {{router_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
     PollItems(items, kLoopTick);
     waker_.Drain();
     // Bounded per round so timers and replies keep running under a flood.
@@ -248,15 +253,14 @@ void Producer::HandleMessage(std::vector<std::string> frames) {
   const uint64_t bpb = engine_->kv_bytes_per_block();
   Status layout;
   if (m->remote_hostname.empty() || m->remote_port <= 0 || m->remote_port > 65535) {
-    layout = InvalidArgumentError(
-        fmt::format("bad decoder segment '{}:{}'", m->remote_hostname, m->remote_port));
+    layout = InvalidArgumentError(fmt::format("bad decoder segment '{}:{}'", m->remote_hostname, m->remote_port));
   } else if (m->remote_tp_size != 1 || m->remote_pp_size != 1) {
     layout = UnimplementedError(fmt::format("decoder tp_size {} / pp_size {}: only tp = pp = 1 is supported",
                                             m->remote_tp_size, m->remote_pp_size));
   } else if (m->kv_caches_base_addr.size() != 1 || m->block_lens.size() != 1) {
-    layout = InvalidArgumentError(fmt::format(
-        "decoder registered {} KV regions ({} block_lens); this prefiller has 1 (one KV arena per worker)",
-        m->kv_caches_base_addr.size(), m->block_lens.size()));
+    layout = InvalidArgumentError(
+        fmt::format("decoder registered {} KV regions ({} block_lens); this prefiller has 1 (one KV arena per worker)",
+                    m->kv_caches_base_addr.size(), m->block_lens.size()));
   } else if (m->block_lens[0] <= 0 || static_cast<uint64_t>(m->block_lens[0]) != bpb ||
              (!m->kv_block_lens.empty() &&
               (m->kv_block_lens.size() != 1 || static_cast<uint64_t>(m->kv_block_lens[0]) != bpb))) {
@@ -299,8 +303,8 @@ void Producer::HandleMessage(std::vector<std::string> frames) {
     for (const auto& g : rb.groups) non_empty += g.empty() ? 0 : 1;
     Status bad;
     if (rb.groups.size() > 1 && non_empty > 0) {
-      bad = UnimplementedError(fmt::format("request {} names {} KV cache groups; this prefiller has 1", d_req_id,
-                                           rb.groups.size()));
+      bad = UnimplementedError(
+          fmt::format("request {} names {} KV cache groups; this prefiller has 1", d_req_id, rb.groups.size()));
     } else if (non_empty == 1) {
       job.blocks = rb.groups[0];
       for (int64_t b : job.blocks) {
@@ -404,8 +408,8 @@ void Producer::Execute(Run run) {
     MutexLock l(mu_);
     stopping = stopping_;
   }
-  Status st = stopping ? UnavailableError("the prefiller is shutting down")
-                       : Write(run.job, run.held, &bytes, &descriptors);
+  Status st =
+      stopping ? UnavailableError("the prefiller is shutting down") : Write(run.job, run.held, &bytes, &descriptors);
   const double secs = Secs(Now() - start);
   if (st.ok()) {
     metrics_->RecordTransfer(bytes, run.job.blocks.size(), descriptors, secs);
@@ -420,8 +424,8 @@ void Producer::Execute(Run run) {
     const std::string& tid = run.job.transfer_id;
     auto it = entries_.find(tid);
     if (it != entries_.end() && it->second.in_flight) {
-      FailWaitingLocked(it->second, FailedPreconditionError(
-                                        fmt::format("transfer {} was already pulled by another request", tid)));
+      FailWaitingLocked(it->second,
+                        FailedPreconditionError(fmt::format("transfer {} was already pulled by another request", tid)));
       entries_.erase(it);
     }
     TombstoneLocked(tid, st.ok() ? "already pulled" : "its send failed: " + st.message());
@@ -434,9 +438,9 @@ Status Producer::Write(const Job& job, const std::vector<int32_t>& held, uint64_
   const PullCtx& ctx = *job.ctx;
   const size_t n = job.blocks.size();
   if (n > held.size()) {
-    return FailedPreconditionError(fmt::format(
-        "the decoder asked for {} blocks of transfer {}, the prefiller holds {} (do the prompts differ?)", n,
-        job.transfer_id, held.size()));
+    return FailedPreconditionError(
+        fmt::format("the decoder asked for {} blocks of transfer {}, the prefiller holds {} (do the prompts differ?)",
+                    n, job.transfer_id, held.size()));
   }
   const size_t off = held.size() - n;  // a decoder with a local prefix hit wants our last n blocks
   const uint64_t bpb = engine_->kv_bytes_per_block();
