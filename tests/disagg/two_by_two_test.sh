@@ -28,6 +28,9 @@ servers=("http://127.0.0.1:$p1" "http://127.0.0.1:$p2" "http://127.0.0.1:$d1" "h
 for url in "${servers[@]}" "http://127.0.0.1:$x"; do
   wait_healthy "$url" 60 || die "$url not healthy within 60 s"
 done
+# The proxy answers /health once one prefiller and one decoder are up; this test needs all four
+# in its rotation before it sends anything.
+wait_metric "http://127.0.0.1:$x" kvferry_proxy_instance_healthy 4 30 || die "the proxy does not see all four instances"
 
 # 32 prompts of 1 to ~1,500 tokens, all different, all streamed at once.
 lengths=$(seq 1 32 | awk '{ printf "%s%d", (NR > 1 ? "," : ""), ($1 * 47) % 1531 + 1 }')

@@ -503,6 +503,21 @@ TEST(ProxyTest, UnhealthyDecoderLeavesRotationAndComesBack) {
   EXPECT_NE(m->body.find("\"id\":\"d"), std::string::npos) << m->body;
 }
 
+TEST(ProxyTest, AnInstanceStillStartingJoinsWithoutWaitingAWholeHealthInterval) {
+  FakePrefill p("p", {{0, "e0"}});
+  FakeDecode d1("d1"), d2("d2");
+  d2.health = 503;  // still loading
+  ProxyOptions o = Options({p.instance()}, {d1.url(), d2.url()});
+  o.health_interval = 1h;
+  auto proxy = StartProxy(o, /*wait=*/false);
+  ASSERT_TRUE(proxy->WaitReady(Deadline::After(10s)));  // the first round found p and d1
+  const std::string up = "instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 1";
+  EXPECT_EQ(proxy->MetricsText().find(up), std::string::npos);
+  d2.health = 200;
+  // Down instances are looked at again every 250 ms, not after the hour-long interval.
+  EXPECT_TRUE(Eventually([&] { return proxy->MetricsText().find(up) != std::string::npos; }, 3s));
+}
+
 TEST(ProxyTest, TwoHundredConcurrentStreamsComplete) {
   FakePrefill p("p", {{0, "e0"}, {1, "e1"}});
   FakeDecode d1("d1"), d2("d2");

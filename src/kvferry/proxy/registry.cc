@@ -1,6 +1,8 @@
 // Upstream instances: health rounds, discovery through bootstrap /query, round-robin.
 #include "kvferry/proxy/registry.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "kvferry/connector/connector.h"
@@ -47,7 +49,13 @@ void Registry::Start() {
     for (;;) {
       CheckOnce();
       MutexLock l(mu_);
-      Deadline next = Deadline::After(options_.health_interval);
+      // While an instance is out of rotation, look again sooner: one that was still
+      // starting (or restarted) joins within a fraction of a second, not a whole interval.
+      bool all_healthy = true;
+      for (const State& s : state_) all_healthy = all_healthy && s.healthy;
+      Duration wait = all_healthy ? options_.health_interval
+                                  : std::min<Duration>(options_.health_interval, kRecheckDown);
+      Deadline next = Deadline::After(wait);
       while (!stop_ && !next.Expired()) cv_.WaitUntil(mu_, next);
       if (stop_) return;
     }

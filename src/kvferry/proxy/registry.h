@@ -73,6 +73,7 @@ class Registry {
     int timeouts = 0;  // health checks in a row that timed out
   };
   static constexpr int kTimeoutsToFail = 3;
+  static constexpr Duration kRecheckDown = std::chrono::milliseconds(250);
   void OnHealth(size_t i, const StatusOr<http::Response>& r);
   void OnQuery(size_t i, const StatusOr<http::Response>& r);
   void Done();
