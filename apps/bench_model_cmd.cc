@@ -82,9 +82,11 @@ int RunModelBench(const ModelArgs& a) {
   const int threads = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
   const double membw = MeasureMembw(threads, size_t{1} << 30, 5);
 
+  m.compute().ResetProfile();
   auto t0 = std::chrono::steady_clock::now();
   Status st = prefill();
   const double prefill_s = Seconds(t0);
+  const kernels::Compute::Profile pp = m.compute().profile();
   if (!st.ok()) {
     std::fprintf(stderr, "kvferry bench model: %s\n", st.ToString().c_str());
     return 1;
@@ -94,6 +96,7 @@ int RunModelBench(const ModelArgs& a) {
     auto row = out.Row(s);
     next[s] = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
   }
+  m.compute().ResetProfile();
   t0 = std::chrono::steady_clock::now();
   for (int64_t g = 0; g < a.gen_len; ++g) {
     std::vector<model::SequenceInput> batch;
@@ -110,6 +113,18 @@ int RunModelBench(const ModelArgs& a) {
     }
   }
   const double decode_s = Seconds(t0);
+  const kernels::Compute::Profile dp = m.compute().profile();
+  auto breakdown = [](const kernels::Compute::Profile& p, double total) {
+    return nlohmann::json{{"gemm_s", p.gemm_s},
+                          {"gemm_gflop_s", p.gemm_s > 0 ? p.gemm_flop / p.gemm_s / 1e9 : 0},
+                          {"gemv_s", p.gemv_s},
+                          {"gemv_gbps", p.gemv_s > 0 ? p.gemv_bytes / p.gemv_s / 1e9 : 0},
+                          {"attention_s", p.attention_s},
+                          {"attention_gflop_s", p.attention_s > 0 ? p.attention_flop / p.attention_s / 1e9 : 0},
+                          {"elementwise_s", p.other_s},
+                          {"rest_s", total - p.gemm_s - p.gemv_s - p.attention_s - p.other_s}};
+  };
+  const nlohmann::json prefill_parts = breakdown(pp, prefill_s), decode_parts = breakdown(dp, decode_s);
   const double prefill_tok_s = a.batch * a.prompt_len / prefill_s;
   const double decode_tok_s = a.gen_len > 0 ? a.batch * a.gen_len / decode_s : 0;
   // Bytes one decode step reads: the weights once, plus each sequence's KV (mean context).
@@ -133,7 +148,9 @@ int RunModelBench(const ModelArgs& a) {
                         {"membw_gbps", membw},
                         {"decode_step_bytes", step_bytes},
                         {"decode_roofline_tok_s", roofline},
-                        {"decode_vs_roofline", roofline > 0 ? decode_tok_s / roofline : 0}};
+                        {"decode_vs_roofline", roofline > 0 ? decode_tok_s / roofline : 0},
+                        {"prefill_breakdown", prefill_parts},
+                        {"decode_breakdown", decode_parts}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("model:    %s\n", m.Describe().c_str());
@@ -146,6 +163,15 @@ int RunModelBench(const ModelArgs& a) {
     std::printf("membw:    %.1f GB/s read; %.1f MB per decode step -> roofline %.2f tok/s; "
                 "decode at %.0f%% of it\n",
                 membw, step_bytes / 1e6, roofline, roofline > 0 ? 100 * decode_tok_s / roofline : 0);
+    auto show = [](const char* what, const nlohmann::json& b) {
+      std::printf("%s GEMM %.3f s (%.1f GFLOP/s), GEMV %.3f s (%.1f GB/s), attention %.3f s (%.1f GFLOP/s), "
+                  "elementwise %.3f s, rest %.3f s\n",
+                  what, b["gemm_s"].get<double>(), b["gemm_gflop_s"].get<double>(), b["gemv_s"].get<double>(),
+                  b["gemv_gbps"].get<double>(), b["attention_s"].get<double>(), b["attention_gflop_s"].get<double>(),
+                  b["elementwise_s"].get<double>(), b["rest_s"].get<double>());
+    };
+    show("prefill:  ", prefill_parts);
+    show("decode:   ", decode_parts);
   }
   return 0;
 }

@@ -24,8 +24,10 @@ constexpr int64_t kGemvMaxM = 16;
 constexpr int64_t kGemvBlock = 64;
 // Weight rows per GEMM tile (converted to f32 in per-thread scratch when not f32).
 constexpr int64_t kGemmTile = 128;
-// Query tokens per attention work item.
+// Query tokens per attention work item (portable kernels).
 constexpr int64_t kQueryTile = 16;
+// (query token, head) rows per AVX-512 attention tile.
+constexpr int64_t kTileRows = 128;
 
 }  // namespace
 
@@ -37,6 +39,7 @@ struct Compute::Impl {
   std::unique_ptr<ThreadTeam> team;
   std::vector<std::vector<float>> scratch;  // per thread
   std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
+  Compute::Profile prof;
 
   int size() const { return team->size(); }
 
@@ -286,26 +289,63 @@ std::string Compute::Describe() const {
   return s;
 }
 
+namespace {
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
 void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outputs) {
   if (m <= 0 || outputs.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  double n = 0, bytes = 0;
+  for (const auto& o : outputs) {
+    n += static_cast<double>(o.w.rows);
+    bytes += static_cast<double>(o.w.rows * o.w.cols) * static_cast<double>(DTypeSize(o.w.dtype));
+  }
+  Profile& p = impl_->prof;
   if (m <= kGemvMaxM) {
     impl_->GemvPath(x, m, ldx, outputs);
+    p.gemv_s += Since(t0);
+    p.gemv_bytes += bytes;
   } else {
     impl_->GemmPath(x, m, ldx, outputs);
+    p.gemm_s += Since(t0);
+    p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
   }
 }
 
+Compute::Profile Compute::profile() const { return impl_->prof; }
+void Compute::ResetProfile() { impl_->prof = {}; }
+
 void Compute::PagedAttention(const AttentionArgs& args) {
+  const auto t0 = std::chrono::steady_clock::now();
+  double flop = 0;  // q·k and p·v over the causal span
+  for (const auto& seq : args.sequences) {
+    const double n = static_cast<double>(seq.n_tokens);
+    const double keys = n * static_cast<double>(seq.start_pos) + n * (n + 1) / 2;
+    flop += 4.0 * keys * static_cast<double>(args.num_heads * args.head_dim);
+  }
+  PagedAttentionImpl(args);
+  impl_->prof.attention_s += Since(t0);
+  impl_->prof.attention_flop += flop;
+}
+
+void Compute::PagedAttentionImpl(const AttentionArgs& args) {
   struct Item {
     size_t seq;
     int64_t g, i0, i1;
   };
+  const int64_t group = args.num_heads / args.num_kv_heads;
+  // The AVX-512 tile puts (query token, head) rows on vector lanes: ~128 rows fill 8 vectors.
+  const bool tile = impl_->isa >= Isa::kAvx512 && args.head_dim % 4 == 0;
+  const int64_t qtile = tile ? std::max<int64_t>(1, kTileRows / group) : kQueryTile;
   std::vector<Item> items;
   for (size_t s = 0; s < args.sequences.size(); ++s) {
     const auto& seq = args.sequences[s];
-    for (int64_t i0 = 0; i0 < seq.n_tokens; i0 += kQueryTile)
+    for (int64_t i0 = 0; i0 < seq.n_tokens; i0 += qtile)
       for (int64_t g = 0; g < args.num_kv_heads; ++g)
-        items.push_back({s, g, i0, std::min(seq.n_tokens, i0 + kQueryTile)});
+        items.push_back({s, g, i0, std::min(seq.n_tokens, i0 + qtile)});
   }
   // Later query tiles attend to more keys: hand out the expensive ones first, dynamically.
   std::vector<size_t> order(items.size());
@@ -321,13 +361,41 @@ void Compute::PagedAttention(const AttentionArgs& args) {
       const size_t i = next.fetch_add(1, std::memory_order_relaxed);
       if (i >= order.size()) return;
       const Item& it = items[order[i]];
-      impl_->AttentionItem(t, args, args.sequences[it.seq], it.g, it.i0, it.i1);
+      const AttentionSequence& seq = args.sequences[it.seq];
+      if (!tile) {
+        impl_->AttentionItem(t, args, seq, it.g, it.i0, it.i1);
+        continue;
+      }
+      const int64_t ld = args.num_heads * args.head_dim;
+      AttentionTileArgs ta;
+      ta.q = args.q + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
+      ta.ldq = ld;
+      ta.out = args.out + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
+      ta.ldo = ld;
+      ta.n_queries = it.i1 - it.i0;
+      ta.group = group;
+      ta.head_dim = args.head_dim;
+      ta.first_pos = seq.start_pos + it.i0;
+      ta.n_keys = seq.start_pos + it.i1;
+      ta.scale = args.scale;
+      ta.kv_base = args.kv.base;
+      ta.kv_dtype = args.kv.dtype;
+      ta.block_bytes = args.kv.block_bytes;
+      ta.block_size = args.kv.block_size;
+      ta.k_offset = args.kv.k_offset + it.g * args.kv.head_stride;
+      ta.v_offset = args.kv.v_offset + it.g * args.kv.head_stride;
+      ta.block_table = seq.block_table;
+      float* scratch = impl_->Scratch(
+          t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
+      avx512::AttentionTile(ta, scratch);
     }
   });
 }
 
 void Compute::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
   impl_->ParallelFor(n, fn);
+  impl_->prof.other_s += Since(t0);
 }
 
 double Compute::MeasureReadBandwidth(size_t bytes, int reps) {

@@ -47,6 +47,31 @@ struct KernelTable {
   uint64_t (*read_sum)(const void* p, size_t bytes);
 };
 
+// One attention work item: the causal attention of n_queries consecutive query tokens (at
+// positions first_pos..) for the `group` query heads that share one kv head, over keys
+// [0, n_keys) of a paged cache (k_offset/v_offset already include the kv head's offset).
+// Row r of the tile is query token r / group, head r % group: q + (r / group) * ldq +
+// (r % group) * head_dim, and likewise out with ldo.
+struct AttentionTileArgs {
+  const float* q = nullptr;
+  int64_t ldq = 0;
+  float* out = nullptr;
+  int64_t ldo = 0;
+  int64_t n_queries = 0;
+  int64_t group = 1;
+  int64_t head_dim = 0;  // a multiple of 4
+  int64_t first_pos = 0;
+  int64_t n_keys = 0;    // first_pos + n_queries for a causal tile
+  float scale = 1.0f;
+  const void* kv_base = nullptr;
+  DType kv_dtype = DType::kBF16;
+  int64_t block_bytes = 0;
+  int64_t block_size = 16;
+  int64_t k_offset = 0;  // elements
+  int64_t v_offset = 0;
+  const int32_t* block_table = nullptr;
+};
+
 // The table for an ISA level (the highest compiled level not above it).
 const KernelTable& TableFor(Isa isa);
 // The table for DetectIsa().
@@ -63,6 +88,10 @@ const KernelTable* GetTable();
 // Hand-written AVX-512 GEMV (gemv_avx512.cc).
 void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
           int64_t n0, int64_t n1, float* y, int64_t ldy);
+// Hand-written AVX-512 attention tile (attention_avx512.cc); scratch holds
+// AttentionTileScratchFloats(n_queries * group, head_dim) floats.
+int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);
+void AttentionTile(const AttentionTileArgs& args, float* scratch);
 }  // namespace avx512
 
 }  // namespace kvferry::kernels

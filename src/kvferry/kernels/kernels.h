@@ -148,9 +148,19 @@ class Compute {
   // Reads `bytes` of memory `reps` times with all threads; returns the best GB/s (1e9 B/s).
   double MeasureReadBandwidth(size_t bytes, int reps);
 
+  // Wall time and work spent in each kind of call since the last ResetProfile(), for
+  // benchmarks (two clock reads per call; always on).
+  struct Profile {
+    double gemm_s = 0, gemv_s = 0, attention_s = 0, other_s = 0;  // other: ParallelFor
+    double gemm_flop = 0, gemv_bytes = 0, attention_flop = 0;
+  };
+  Profile profile() const;
+  void ResetProfile();
+
  private:
   struct Impl;
   explicit Compute(std::unique_ptr<Impl> impl);
+  void PagedAttentionImpl(const AttentionArgs& args);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -235,9 +235,22 @@ TEST(Ops, RmsNormRopeSiluAdd) {
 
 // Paged attention against a dense reference, with shuffled block tables, GQA, several
 // sequences at different offsets, and both cache dtypes.
-TEST(Attention, PagedMatchesDense) {
+struct AttentionShape {
+  int64_t hd, nh, nkv;
+  std::vector<std::pair<int64_t, int64_t>> seqs;  // (start_pos, n_tokens)
+};
+
+class PagedAttention : public ::testing::TestWithParam<AttentionShape> {};
+
+// Small heads and short sequences; then Qwen2.5-0.5B's heads (64 dims, 14 query heads on 2 kv
+// heads) with sequences that span several key chunks and query tiles.
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttention,
+                         ::testing::Values(AttentionShape{8, 6, 2, {{0, 1}, {0, 37}, {20, 1}, {5, 18}}},
+                                           AttentionShape{64, 14, 2, {{0, 150}, {100, 40}, {300, 1}, {63, 2}}}));
+
+TEST_P(PagedAttention, MatchesDense) {
   std::mt19937 rng(5);
-  const int64_t hd = 8, nh = 6, nkv = 2, layers = 2, layer = 1;
+  const int64_t hd = GetParam().hd, nh = GetParam().nh, nkv = GetParam().nkv, layers = 2, layer = 1;
   for (int64_t bs : {16, 4}) {
     for (DType kvdt : {DType::kF32, DType::kBF16}) {
       for (Isa isa : Levels()) {
@@ -246,7 +259,7 @@ TEST(Attention, PagedMatchesDense) {
         opt.max_isa = isa;
         auto c = Compute::Create(opt);
         ASSERT_TRUE(c.ok());
-        const int64_t nblocks = 64;
+        const int64_t nblocks = 256;
         const int64_t per_layer = 2 * nkv * bs * hd;
         const int64_t block_elems = layers * per_layer;
         const int64_t esize = DTypeSize(kvdt);
@@ -254,7 +267,7 @@ TEST(Attention, PagedMatchesDense) {
         PagedKv kv{cache.data(), kvdt, block_elems * esize, bs, layer * per_layer,
                    layer * per_layer + nkv * bs * hd, bs * hd};
         // Sequences: (start_pos, n_tokens).
-        std::vector<std::pair<int64_t, int64_t>> shapes = {{0, 1}, {0, 37}, {20, 1}, {5, 18}};
+        const std::vector<std::pair<int64_t, int64_t>>& shapes = GetParam().seqs;
         std::vector<int32_t> free_blocks(nblocks);
         for (int i = 0; i < nblocks; ++i) free_blocks[i] = i;
         std::shuffle(free_blocks.begin(), free_blocks.end(), rng);

@@ -174,6 +174,7 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadO
 const ModelConfig& Model::config() const { return impl_->config; }
 DType Model::weight_dtype() const { return impl_->embed.dtype; }
 uint64_t Model::decode_weight_bytes() const { return impl_->decode_bytes; }
+kernels::Compute& Model::compute() { return *impl_->compute; }
 
 std::string Model::Describe() const {
   const ModelConfig& c = impl_->config;

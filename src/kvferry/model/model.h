@@ -163,6 +163,8 @@ class Model {
   uint64_t decode_weight_bytes() const;
   // "Qwen2ForCausalLM 24 layers bf16, isa=... threads=2 gemm=..."
   std::string Describe() const;
+  // The compute team Forward runs on (its Profile shows where the time went).
+  kernels::Compute& compute();
 
   StatusOr<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheOptions& options) const;
 
