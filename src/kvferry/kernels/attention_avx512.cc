@@ -1,4 +1,5 @@
-// Hand-written AVX-512 attention for one (sequence, kv head, query tile).
+// Hand-written AVX-512 attention for one (sequence, kv head, query tile), and SwiGLU's
+// silu(gate) * up, which shares the vector exp.
 //
 // Everything runs "transposed": the tile's query rows (query tokens x the heads that share the
 // kv head) lie along the 16 vector lanes. Scores are S^T[key][row], computed as outer products
@@ -21,9 +22,9 @@ constexpr int64_t kChunk = 64;  // keys per chunk (a multiple of 4)
 
 inline int64_t RoundUp16(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
-// exp(x) for x <= 0 (scores minus the running max); below -87 the result is ~0.
-inline __m512 ExpNonPositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+// exp(x), Cephes-style (~1 ulp), for x clamped to [-87, 88.7]: below -87 the result is ~0.
+inline __m512 ExpClamped(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.7f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -117,6 +118,22 @@ inline void ForRowBlocks(int64_t rv, F4 f4, F3 f3, F2 f2, F1 f1) {
 
 }  // namespace
 
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, ExpClamped(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
+  }
+  if (i < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
+    const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, ExpClamped(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mask, up + i)));
+  }
+}
+
 int64_t AttentionTileScratchFloats(int64_t rows, int64_t hd) {
   const int64_t r16 = RoundUp16(rows);
   return 2 * hd * r16 + kChunk * r16 + 2 * kChunk * hd + 3 * r16 + 64;
@@ -191,7 +208,7 @@ void AttentionTile(const AttentionTileArgs& a, float* scratch) {
       const __m512 m_old = _mm512_loadu_ps(mx + j * 16);
       __m512 m_new = m_old;
       for (int64_t l = 0; l < nc4; ++l) m_new = _mm512_max_ps(m_new, _mm512_loadu_ps(st + l * r16 + j * 16));
-      const __m512 alpha = ExpNonPositive(_mm512_sub_ps(m_old, m_new));
+      const __m512 alpha = ExpClamped(_mm512_sub_ps(m_old, m_new));
       __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(sm + j * 16), alpha);
       for (int64_t d = 0; d < hd; ++d) {
         float* o = ot + d * r16 + j * 16;
@@ -199,7 +216,7 @@ void AttentionTile(const AttentionTileArgs& a, float* scratch) {
       }
       for (int64_t l = 0; l < nc4; ++l) {
         float* s = st + l * r16 + j * 16;
-        const __m512 e = ExpNonPositive(_mm512_sub_ps(_mm512_loadu_ps(s), m_new));
+        const __m512 e = ExpClamped(_mm512_sub_ps(_mm512_loadu_ps(s), m_new));
         // -inf - m_new clamps to exp(-87) ~ 2e-38: zero it exactly where the mask hid the key.
         const __m512 pr = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(s), neg_inf, _CMP_NEQ_OQ), e);
         _mm512_storeu_ps(s, pr);

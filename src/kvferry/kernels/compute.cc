@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "kvferry/kernels/gemm_library.h"
@@ -23,7 +24,7 @@ constexpr int64_t kGemvMaxM = 16;
 // Weight rows per GEMV block: 4 x-row groups reuse the block from L1/L2.
 constexpr int64_t kGemvBlock = 64;
 // Weight rows per GEMM tile (converted to f32 in per-thread scratch when not f32).
-constexpr int64_t kGemmTile = 128;
+constexpr int64_t kGemmTile = 256;
 // Query tokens per attention work item (portable kernels).
 constexpr int64_t kQueryTile = 16;
 // (query token, head) rows per AVX-512 attention tile.
@@ -39,6 +40,8 @@ struct Compute::Impl {
   std::unique_ptr<ThreadTeam> team;
   std::vector<std::vector<float>> scratch;  // per thread
   std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
+  std::vector<float> xt;                    // shared: x packed for the AVX-512 GEMM
+  bool own_gemm = getenv("KVF_OWN_GEMM") != nullptr;
   Compute::Profile prof;
 
   int size() const { return team->size(); }
@@ -63,6 +66,7 @@ struct Compute::Impl {
 
   void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  void OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g,
                      int64_t i0, int64_t i1);
 };
@@ -151,16 +155,36 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
     // Fall through: recompute everything with the f32 path.
   }
 
-  // f32 GEMM on weight tiles converted to f32.
-  std::vector<std::pair<size_t, int64_t>> tiles;  // (output, first row)
-  for (size_t i = 0; i < outs.size(); ++i)
-    for (int64_t r = 0; r < outs[i].w.rows; r += kGemmTile) tiles.emplace_back(i, r);
-  const int64_t ntiles = static_cast<int64_t>(tiles.size());
+  if (isa >= Isa::kAvx512 && own_gemm) {
+    OwnGemm(x, m, ldx, outs);
+    return;
+  }
+
+  // f32 GEMM on weight tiles converted to f32. Each thread takes an equal share of the
+  // concatenated output rows (in units of 16) and walks it in tiles of up to kGemmTile rows.
+  int64_t total = 0;
+  for (const auto& o : outs) total += o.w.rows;
+  const int64_t units = (total + 15) / 16;
+  std::vector<std::vector<std::tuple<size_t, int64_t, int64_t>>> work(nt);  // (output, n0, n1)
+  for (int t = 0; t < nt; ++t) {
+    int64_t b = std::min(total, units * t / nt * 16), e = std::min(total, units * (t + 1) / nt * 16);
+    int64_t base = 0;
+    for (size_t i = 0; i < outs.size() && b < e; ++i) {
+      const int64_t rows = outs[i].w.rows;
+      for (int64_t r = std::max(b, base); r < std::min(e, base + rows);) {
+        // Split the thread's part of this output into near-equal tiles of <= kGemmTile rows.
+        const int64_t left = std::min(e, base + rows) - r;
+        const int64_t parts = (left + kGemmTile - 1) / kGemmTile;
+        const int64_t len = std::min(left, ((left + parts - 1) / parts + 15) / 16 * 16);
+        work[t].emplace_back(i, r - base, r - base + len);
+        r += len;
+      }
+      base += rows;
+    }
+  }
   team->Run([&](int t) {
-    const int64_t tb = ntiles * t / nt, te = ntiles * (t + 1) / nt;
-    for (int64_t ti = tb; ti < te; ++ti) {
-      const MatMulOutput& o = outs[tiles[ti].first];
-      const int64_t n0 = tiles[ti].second, n1 = std::min(o.w.rows, n0 + kGemmTile);
+    for (const auto& [oi, n0, n1] : work[t]) {
+      const MatMulOutput& o = outs[oi];
       const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
       const char* wsrc = static_cast<const char*>(o.w.data) + n0 * k * esize;
       float* buf = Scratch(t, static_cast<size_t>(kGemmTile * k + 16 * k));
@@ -176,6 +200,64 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
         table->gemm_f32(x, m, ldx, wf, k, n1 - n0, o.y + n0, ldy, buf + kGemmTile * k);
       AddBias(o.bias, m, n0, n1, o.y, ldy);
     }
+  });
+}
+
+void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
+  const int nt = size();
+  const int64_t k = outs[0].w.cols;
+  constexpr int64_t P = avx512::kGemmPanelRows, B = avx512::kGemmTokens;
+  const int64_t nblk = (m + B - 1) / B;
+  xt.resize(static_cast<size_t>(nblk * k * B));
+  ParallelFor(nblk, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) avx512::GemmPackX(x, m, ldx, k, i * B, &xt[i * k * B]);
+  });
+  // Each thread takes an equal share of the concatenated output rows, in whole panels.
+  int64_t total = 0;
+  for (const auto& o : outs) total += o.w.rows;
+  const int64_t units = (total + P - 1) / P;
+  std::vector<std::vector<std::tuple<size_t, int64_t, int64_t>>> work(nt);  // (output, n0, rows)
+  for (int t = 0; t < nt; ++t) {
+    const int64_t b = std::min(total, units * t / nt * P), e = std::min(total, units * (t + 1) / nt * P);
+    int64_t base = 0;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const int64_t lo = std::max(b, base), hi = std::min(e, base + outs[i].w.rows);
+      for (int64_t r = lo; r < hi; r += P) work[t].emplace_back(i, r - base, std::min(P, hi - r));
+      base += outs[i].w.rows;
+    }
+  }
+  // Token blocks per pass: their packed slice ([kGemmKc][kGemmTokens] each) stays in L2 while
+  // each panel slice, widened once per pass, sits in L1 and meets every block.
+  constexpr int64_t Kc = avx512::kGemmKc;
+  const int64_t mc = std::min<int64_t>(nblk, 8);
+  team->Run([&](int t) {
+    const auto& mine = work[t];
+    const size_t tile = static_cast<size_t>(P * B);
+    float* wp = Scratch(t, static_cast<size_t>(P * Kc) + tile * mine.size() * static_cast<size_t>(mc));
+    float* ct = wp + P * Kc;  // [panel][block in pass] tiles
+    for (int64_t b0 = 0; b0 < nblk; b0 += mc) {
+      const int64_t b1 = std::min(nblk, b0 + mc);
+      for (int64_t k0 = 0; k0 < k; k0 += Kc) {
+        const int64_t kc = std::min(Kc, k - k0);
+        for (size_t pi = 0; pi < mine.size(); ++pi) {
+          const auto& [oi, n0, rows] = mine[pi];
+          const MatMulOutput& o = outs[oi];
+          const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
+          avx512::GemmWidenPanel(static_cast<const char*>(o.w.data) + n0 * k * esize, o.w.dtype, k, rows, k0, kc, wp);
+          for (int64_t bi = b0; bi < b1; ++bi)
+            avx512::GemmMicro(&xt[(bi * k + k0) * B], kc, wp, k0 == 0, ct + (pi * mc + (bi - b0)) * tile);
+        }
+      }
+      for (size_t pi = 0; pi < mine.size(); ++pi) {
+        const auto& [oi, n0, rows] = mine[pi];
+        const MatMulOutput& o = outs[oi];
+        const int64_t ldy = Ldy(o);
+        for (int64_t bi = b0; bi < b1; ++bi)
+          avx512::GemmStore(ct + (pi * mc + (bi - b0)) * tile, rows, std::min(B, m - bi * B), o.y + bi * B * ldy + n0,
+                            ldy);
+      }
+    }
+    for (const auto& [oi, n0, rows] : mine) AddBias(outs[oi].bias, m, n0, n0 + rows, outs[oi].y, Ldy(outs[oi]));
   });
 }
 

@@ -88,9 +88,24 @@ const KernelTable* GetTable();
 // Hand-written AVX-512 GEMV (gemv_avx512.cc).
 void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
           int64_t n0, int64_t n1, float* y, int64_t ldy);
+// Hand-written AVX-512 GEMM pieces (gemm_avx512.cc). x is packed in blocks of kGemmTokens
+// tokens, [k][kGemmTokens] each (zeros past m). A panel is kGemmPanelRows rows of w; its slice
+// [k0, k0 + kc) (kc <= kGemmKc) is widened to f32 as [kGemmPanelRows][kGemmKc]. GemmMicro
+// accumulates one slice into a [kGemmPanelRows][kGemmTokens] tile ct (overwriting it when
+// `first`); GemmStore writes the tile to y[t * ldy + j] for t < tokens, j < rows (y already
+// offset to the block's first token and the panel's first row).
+inline constexpr int64_t kGemmPanelRows = 12;
+inline constexpr int64_t kGemmTokens = 32;
+inline constexpr int64_t kGemmKc = 256;
+void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, float* xt);
+void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t k0, int64_t kc, float* wp);
+void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* ct);
+void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy);
 // Hand-written AVX-512 attention tile (attention_avx512.cc); scratch holds
 // AttentionTileScratchFloats(n_queries * group, head_dim) floats.
 int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);
+// silu(gate) * up with a vector exp (the table's silu_mul for AVX-512).
+void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 void AttentionTile(const AttentionTileArgs& args, float* scratch);
 }  // namespace avx512
 

@@ -1,0 +1,112 @@
+// Hand-written AVX-512 GEMM for prefill: y[r][j] = x[r] · w[j] with bf16/f16/f32 weights and
+// f32 accumulation, for CPUs without native bf16 math (where oneDNN's f32 path needs the
+// weights widened and repacked on every call anyway).
+//
+// The product is computed transposed: tokens lie along the vector lanes. x is packed once per
+// call into blocks of 32 tokens, [k][32] (GemmPackX); a slice of a panel of 12 weight rows is
+// widened to f32 as [12][kGemmKc] (GemmWidenPanel), a straight conversion with no transposition;
+// the 12x32 microkernel keeps 24 accumulators and, per k step, loads two token vectors and
+// broadcasts 12 weights. k is walked in slices of kGemmKc so that the widened panel slice stays
+// in L1 while the packed tokens stream from L2; partial sums live in a small [12][32] tile
+// between slices and go to y through scatters (one per row of w and 16 tokens) at the end. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kvferry/kernels/kernel_table.h"
+
+namespace kvferry::kernels::avx512 {
+namespace {
+
+inline __m512 Widen(const void* row, DType dt, int64_t kk) {
+  if (dt == DType::kBF16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + kk));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  if (dt == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + kk)));
+  }
+  return _mm512_loadu_ps(static_cast<const float*>(row) + kk);
+}
+
+inline __m512 WidenMasked(const void* row, DType dt, int64_t kk, __mmask16 mask) {
+  if (dt == DType::kBF16) {
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + kk);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  if (dt == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + kk));
+  }
+  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + kk);
+}
+
+}  // namespace
+
+void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, float* xt) {
+  const int64_t n = m - r0 < kGemmTokens ? m - r0 : kGemmTokens;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    float* dst = xt + kk * kGemmTokens;
+    for (int64_t t = 0; t < n; ++t) dst[t] = x[(r0 + t) * ldx + kk];
+    for (int64_t t = n; t < kGemmTokens; ++t) dst[t] = 0.0f;
+  }
+}
+
+void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t k0, int64_t kc, float* wp) {
+  const int64_t esize = dtype == DType::kF32 ? 4 : 2;
+  for (int64_t j = 0; j < kGemmPanelRows; ++j) {
+    const char* row = static_cast<const char*>(w) + j * k * esize;
+    float* dst = wp + j * kGemmKc;
+    for (int64_t kk = 0; kk < kc; kk += 16) {
+      __m512 v;
+      if (j >= rows) {
+        v = _mm512_setzero_ps();
+      } else if (kk + 16 <= kc) {
+        v = Widen(row, dtype, k0 + kk);
+      } else {
+        v = WidenMasked(row, dtype, k0 + kk, static_cast<__mmask16>((1u << (kc - kk)) - 1u));
+      }
+      _mm512_storeu_ps(dst + kk, v);
+    }
+  }
+}
+
+void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* ct) {
+  static_assert(kGemmPanelRows == 12 && kGemmTokens == 32);
+  __m512 acc[12][2];
+  for (int j = 0; j < 12; ++j) {
+    acc[j][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ct + j * 32);
+    acc[j][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ct + j * 32 + 16);
+  }
+#pragma GCC unroll 4
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m512 x0 = _mm512_loadu_ps(xt + kk * kGemmTokens);
+    const __m512 x1 = _mm512_loadu_ps(xt + kk * kGemmTokens + 16);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) {
+      const __m512 wb = _mm512_set1_ps(wp[j * kGemmKc + kk]);
+      acc[j][0] = _mm512_fmadd_ps(x0, wb, acc[j][0]);
+      acc[j][1] = _mm512_fmadd_ps(x1, wb, acc[j][1]);
+    }
+  }
+  for (int j = 0; j < 12; ++j) {
+    _mm512_storeu_ps(ct + j * 32, acc[j][0]);
+    _mm512_storeu_ps(ct + j * 32 + 16, acc[j][1]);
+  }
+}
+
+void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy) {
+  // Token t of vector v goes to y[(16 v + t) * ldy + j].
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(static_cast<int>(ldy)));
+  for (int v = 0; v < 2; ++v) {
+    const int64_t left = tokens - 16 * v;
+    if (left <= 0) break;
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+    float* base = y + 16 * v * ldy;
+    for (int64_t j = 0; j < rows; ++j)
+      _mm512_mask_i32scatter_ps(base + j, mask, idx, _mm512_loadu_ps(ct + j * 32 + 16 * v), 4);
+  }
+}
+
+}  // namespace kvferry::kernels::avx512
