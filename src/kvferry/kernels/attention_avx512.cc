@@ -179,6 +179,16 @@ void AttentionTile(const AttentionTileArgs& a, float* scratch) {
         const int64_t off = (p % a.block_size) * hd;
         RowToF32(blk + (a.k_offset + off) * esize, a.kv_dtype, hd, kf + l * hd);
         RowToF32(blk + (a.v_offset + off) * esize, a.kv_dtype, hd, vf + l * hd);
+        // The cache is read once per step (decode): fetch the next chunk's rows meanwhile.
+        const int64_t pn = p + kChunk;
+        if (pn < a.n_keys) {
+          const char* nb = base + static_cast<int64_t>(a.block_table[pn / a.block_size]) * a.block_bytes;
+          const int64_t noff = (pn % a.block_size) * hd;
+          for (int64_t byte = 0; byte < hd * esize; byte += 64) {
+            _mm_prefetch(nb + (a.k_offset + noff) * esize + byte, _MM_HINT_T0);
+            _mm_prefetch(nb + (a.v_offset + noff) * esize + byte, _MM_HINT_T0);
+          }
+        }
       } else {
         for (int64_t d = 0; d < hd; ++d) kf[l * hd + d] = vf[l * hd + d] = 0.0f;
       }

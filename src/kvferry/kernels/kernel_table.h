@@ -96,7 +96,7 @@ void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, in
 // offset to the block's first token and the panel's first row).
 inline constexpr int64_t kGemmPanelRows = 12;
 inline constexpr int64_t kGemmTokens = 32;
-inline constexpr int64_t kGemmKc = 256;
+inline constexpr int64_t kGemmKc = 128;
 void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, float* xt);
 void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t k0, int64_t kc, float* wp);
 void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* ct);
