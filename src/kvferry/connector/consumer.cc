@@ -1,5 +1,7 @@
 #include "kvferry/connector/consumer.h"
 
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include "kvferry/connector/side_channel.h"
@@ -200,10 +202,14 @@ void Consumer::Loop() {
   std::vector<std::string> frames;
   while (true) {
     std::vector<zmq::pollitem_t> items = {{nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
-    std::vector<std::pair<std::string, zmq::socket_t*>> socks;
+    std::vector<std::pair<std::string, zmq::socket_t*>> socks, mons;
     for (auto& [addr, s] : dealers_) {
       items.push_back({s->handle(), 0, ZMQ_POLLIN, 0});
       socks.emplace_back(addr, s.get());
+    }
+    for (auto& [addr, m] : monitors_) {
+      items.push_back({m->handle(), 0, ZMQ_POLLIN, 0});
+      mons.emplace_back(addr, m.get());
     }
     Duration wait = kLoopTick;
     const TimePoint now = Now();
@@ -215,6 +221,17 @@ void Consumer::Loop() {
       if ((items[i + 1].revents & ZMQ_POLLIN) == 0) continue;
       for (int n = 0; n < 1024 && RecvMultipart(*socks[i].second, &frames); ++n) HandleReply(socks[i].first, frames);
     }
+    std::vector<std::string> gone;
+    for (size_t i = 0; i < mons.size(); ++i) {
+      if ((items[1 + socks.size() + i].revents & ZMQ_POLLIN) == 0) continue;
+      // An event is two frames: 2-byte event id + 4-byte value, then the endpoint.
+      for (int n = 0; n < 64 && RecvMultipart(*mons[i].second, &frames); ++n) {
+        uint16_t event = 0;
+        if (!frames.empty() && frames[0].size() >= 2) std::memcpy(&event, frames[0].data(), 2);
+        if (event == ZMQ_EVENT_DISCONNECTED) gone.push_back(mons[i].first);
+      }
+    }
+    for (const auto& addr : gone) OnPeerGone(addr);
     std::deque<Command> cmds;
     bool stop;
     {
@@ -252,7 +269,50 @@ void Consumer::Loop() {
     for (const Pull& p : b.waiters) FailPull(p, UnavailableError("the decoder's connector shut down"));
     b.waiters.clear();
   }
-  dealers_.clear();  // sockets close on the thread that used them
+  while (!dealers_.empty()) DropDealer(dealers_.begin()->first);  // sockets close on the thread that used them
+}
+
+void Consumer::DropDealer(const std::string& addr) {
+  auto d = dealers_.find(addr);
+  if (d == dealers_.end()) return;
+  zmq_socket_monitor(d->second->handle(), nullptr, 0);  // stop the monitor before closing its reader
+  monitors_.erase(addr);
+  dealers_.erase(d);
+}
+
+void Consumer::OnPeerGone(const std::string& addr) {
+  std::vector<std::string> ids;
+  for (const auto& [id, f] : in_flight_) {
+    if (f.addr == addr) ids.push_back(id);
+  }
+  KVF_LOG_WARN("connector: side channel to prefiller worker {} closed; {} KV load(s) waiting on it end now", addr,
+               ids.size());
+  for (const auto& id : ids) {
+    InFlight f = std::move(in_flight_.at(id));
+    in_flight_.erase(id);
+    bootstrap_[f.bootstrap_url].map.reset();
+    if (f.aborted) {
+      engine_->ReleaseHeldBlocks(id);
+      continue;
+    }
+    Complete(id,
+             UnavailableError(fmt::format("prefiller worker {} closed the side channel before answering transfer {} "
+                                          "(process gone or restarted)",
+                                          addr, f.transfer_id)),
+             0, {});
+  }
+  // Forget every bootstrap answer that lists this worker: the next pull asks the bootstrap
+  // server again (a dead prefiller then fails at once; a restarted one gives its new address)
+  // and opens a fresh connection.
+  for (auto& [url, b] : bootstrap_) {
+    if (!b.map) continue;
+    bool lists = false;
+    for (const auto& [dp, entry] : *b.map)
+      for (const auto& [tp, pps] : entry.worker_addr)
+        for (const auto& [pp, a] : pps) lists = lists || a == addr;
+    if (lists) b.map.reset();
+  }
+  DropDealer(addr);
 }
 
 void Consumer::Process(Command c) {
@@ -366,7 +426,16 @@ zmq::socket_t* Consumer::Dealer(const std::string& addr, Status* st) {
     auto s = std::make_unique<zmq::socket_t>(*zmq_ctx_, zmq::socket_type::dealer);
     s->set(zmq::sockopt::linger, 0);
     s->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxReplyBytes));
+    // Watch the connection: ZMQ reconnects silently, so a dead prefiller would otherwise be
+    // noticed only by the load timeout.
+    const std::string ep = fmt::format("inproc://kvf-consumer-{}-{}", static_cast<const void*>(this), ++monitor_seq_);
+    if (zmq_socket_monitor(s->handle(), ep.c_str(), ZMQ_EVENT_DISCONNECTED) != 0)
+      throw zmq::error_t();
+    auto m = std::make_unique<zmq::socket_t>(*zmq_ctx_, zmq::socket_type::pair);
+    m->set(zmq::sockopt::linger, 0);
+    m->connect(ep);
     s->connect(addr);
+    monitors_[addr] = std::move(m);
     return dealers_.emplace(addr, std::move(s)).first->second.get();
   } catch (const zmq::error_t& e) {
     *st = UnavailableError(fmt::format("side channel: cannot connect to prefiller worker {}: {}", addr, e.what()));

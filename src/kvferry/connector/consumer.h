@@ -112,6 +112,10 @@ class Consumer {
   void Complete(const std::string& request_id, const Status& st, uint64_t bytes, Duration took);
   bool StillLoading(const std::string& request_id);
   zmq::socket_t* Dealer(const std::string& addr, Status* st);
+  // The side channel to a prefiller worker closed (the process died or restarted): its reply
+  // can no longer come, so its loads end now instead of at the load timeout.
+  void OnPeerGone(const std::string& addr);
+  void DropDealer(const std::string& addr);
 
   const KvTransferConfig config_;
   engine::Engine* const engine_;
@@ -129,6 +133,9 @@ class Consumer {
   // I/O thread only.
   std::map<std::string, BootstrapEntry> bootstrap_;
   std::map<std::string, std::unique_ptr<zmq::socket_t>> dealers_;  // by "tcp://IP:PORT"
+  // Per dealer, a PAIR socket receiving its ZMQ_EVENT_DISCONNECTED events (zmq_socket_monitor).
+  std::map<std::string, std::unique_ptr<zmq::socket_t>> monitors_;
+  uint64_t monitor_seq_ = 0;
   std::map<std::string, InFlight> in_flight_;                      // by request id
 
   mutable Mutex mu_;
