@@ -253,7 +253,7 @@ TEST_P(PagedAttention, MatchesDense) {
   std::mt19937 rng(5);
   const int64_t hd = GetParam().hd, nh = GetParam().nh, nkv = GetParam().nkv, layers = 2, layer = 1;
   for (int64_t bs : {16, 4}) {
-    for (DType kvdt : {DType::kF32, DType::kBF16}) {
+    for (DType kvdt : {DType::kF32, DType::kBF16, DType::kF16}) {
       for (Isa isa : Levels()) {
         ComputeOptions opt;
         opt.num_threads = 2;
