@@ -202,12 +202,15 @@ class Session : public std::enable_shared_from_this<Session> {
   void Close() {
     asio::post(strand_, [self = shared_from_this()] { self->CloseNow(); });
   }
-  // Only when no io thread runs (after the server's threads were joined).
+  // Only when no io thread runs (after the server's threads were joined): closes the socket and
+  // tells a response still in flight that its client is gone (the coroutine that would have
+  // noticed never runs again).
   void CloseNow() {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
     timer_.cancel();
+    if (current_) current_->MarkGone();
   }
 
  private:
@@ -292,10 +295,14 @@ class ServerImpl final : public Server {
     // nobody serves (the kernel would otherwise keep accepting into the backlog).
     beast::error_code ec;
     acceptor_.close(ec);
-    MutexLock l(mu_);
-    for (auto& w : sessions_) {
-      if (auto s = w.lock()) s->CloseNow();
+    std::vector<std::shared_ptr<Session>> left;
+    {
+      MutexLock l(mu_);
+      for (auto& w : sessions_) {
+        if (auto s = w.lock()) left.push_back(std::move(s));
+      }
     }
+    for (auto& s : left) s->CloseNow();  // outside mu_: it may run a client-gone callback
   }
 
   int64_t open_connections() const override {
