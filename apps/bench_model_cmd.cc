@@ -81,6 +81,7 @@ int RunModelBench(const ModelArgs& a) {
   }
   const int threads = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
   const double membw = MeasureMembw(threads, size_t{1} << 30, 5);
+  const double peak_gflops = m.compute().MeasurePeakGflops(5);
 
   m.compute().ResetProfile();
   auto t0 = std::chrono::steady_clock::now();
@@ -125,6 +126,9 @@ int RunModelBench(const ModelArgs& a) {
                           {"rest_s", total - p.gemm_s - p.gemv_s - p.attention_s - p.other_s}};
   };
   const nlohmann::json prefill_parts = breakdown(pp, prefill_s), decode_parts = breakdown(dp, decode_s);
+  // Prefill's physical limit: the matrix products' flops per token at the FMA peak.
+  const double gemm_flop_per_token = pp.gemm_flop / static_cast<double>(a.batch * a.prompt_len);
+  const double prefill_ceiling = peak_gflops > 0 && gemm_flop_per_token > 0 ? peak_gflops * 1e9 / gemm_flop_per_token : 0;
   const double prefill_tok_s = a.batch * a.prompt_len / prefill_s;
   const double decode_tok_s = a.gen_len > 0 ? a.batch * a.gen_len / decode_s : 0;
   // Bytes one decode step reads: the weights once, plus each sequence's KV (mean context).
@@ -149,6 +153,10 @@ int RunModelBench(const ModelArgs& a) {
                         {"decode_step_bytes", step_bytes},
                         {"decode_roofline_tok_s", roofline},
                         {"decode_vs_roofline", roofline > 0 ? decode_tok_s / roofline : 0},
+                        {"fma_peak_gflops", peak_gflops},
+                        {"prefill_gemm_flop_per_token", gemm_flop_per_token},
+                        {"prefill_ceiling_tok_s", prefill_ceiling},
+                        {"prefill_vs_ceiling", prefill_ceiling > 0 ? prefill_tok_s / prefill_ceiling : 0},
                         {"prefill_breakdown", prefill_parts},
                         {"decode_breakdown", decode_parts}};
     std::printf("%s\n", j.dump().c_str());
@@ -170,6 +178,11 @@ int RunModelBench(const ModelArgs& a) {
                   b["gemv_gbps"].get<double>(), b["attention_s"].get<double>(), b["attention_gflop_s"].get<double>(),
                   b["elementwise_s"].get<double>(), b["rest_s"].get<double>());
     };
+    if (peak_gflops > 0) {
+      std::printf("compute:  f32 FMA peak %.0f GFLOP/s; %.2f GFLOP of matrix products per prompt token -> prefill "
+                  "ceiling %.0f tok/s; prefill at %.0f%% of it\n",
+                  peak_gflops, gemm_flop_per_token / 1e9, prefill_ceiling, 100 * prefill_tok_s / prefill_ceiling);
+    }
     show("prefill:  ", prefill_parts);
     show("decode:   ", decode_parts);
   }

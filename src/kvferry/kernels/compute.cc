@@ -396,6 +396,22 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   }
 }
 
+double Compute::MeasurePeakGflops(int reps) {
+  if (impl_->isa < Isa::kAvx512 || reps <= 0) return 0;
+  constexpr int64_t kIters = 1 << 20;  // 24 Mi FMAs a thread
+  std::vector<float> sink(impl_->size());
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    impl_->team->Run([&](int t) { sink[t] += avx512::FmaLoop(kIters); });
+    const double s = Since(t0);
+    best = std::max(best, static_cast<double>(impl_->size()) * kIters * 24 * 32 / s / 1e9);
+  }
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+}
+
 Compute::Profile Compute::profile() const { return impl_->prof; }
 void Compute::ResetProfile() { impl_->prof = {}; }
 

@@ -114,4 +114,18 @@ void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t 
   }
 }
 
+float FmaLoop(int64_t iters) {
+  // 24 independent chains (more than FMA latency x ports), nothing else in the loop.
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i));
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-4f);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < 24; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
 }  // namespace kvferry::kernels::avx512

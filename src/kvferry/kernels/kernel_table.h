@@ -101,6 +101,8 @@ void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, fl
 void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t k0, int64_t kc, float* wp);
 void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* ct);
 void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy);
+// iters x 24 AVX-512 FMAs on registers only (16 lanes x 2 flops each): the FMA peak probe.
+float FmaLoop(int64_t iters);
 // Hand-written AVX-512 attention tile (attention_avx512.cc); scratch holds
 // AttentionTileScratchFloats(n_queries * group, head_dim) floats.
 int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);

@@ -147,6 +147,9 @@ class Compute {
 
   // Reads `bytes` of memory `reps` times with all threads; returns the best GB/s (1e9 B/s).
   double MeasureReadBandwidth(size_t bytes, int reps);
+  // f32 FMA peak of all threads in GFLOP/s (best of reps, each ~0.1 s of register-only FMAs):
+  // the physical limit of the f32 GEMM. 0 below AVX-512 (not measured there).
+  double MeasurePeakGflops(int reps);
 
   // Wall time and work spent in each kind of call since the last ResetProfile(), for
   // benchmarks (two clock reads per call; always on).

@@ -359,6 +359,11 @@ TEST(Compute, ParallelForCoversRangeOnce) {
   });
   for (int v : seen) EXPECT_EQ(v, 1);
   EXPECT_GT((*c)->MeasureReadBandwidth(8 << 20, 2), 0.0);
+  if ((*c)->isa() >= Isa::kAvx512) {
+    EXPECT_GT((*c)->MeasurePeakGflops(1), 1.0);
+  } else {
+    EXPECT_EQ((*c)->MeasurePeakGflops(1), 0.0);
+  }
   EXPECT_FALSE(Compute::Create({.num_threads = -1}).ok());
 }
 
