@@ -8,7 +8,7 @@
 // the 12x32 microkernel keeps 24 accumulators and, per k step, loads two token vectors and
 // broadcasts 12 weights. k is walked in slices of kGemmKc so that the widened panel slice stays
 // in L1 while the packed tokens stream from L2; partial sums live in a small [12][32] tile
-// between slices and go to y one token row at a time at the end. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
+// between slices; at the end a 16x16 register transpose turns it into token rows of y. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
 
 #include <immintrin.h>
 
@@ -104,13 +104,39 @@ void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* 
 }
 
 void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy) {
-  // Token t's row of the tile is ct[j * 32 + t], j < rows: gathered from L1, then stored as
-  // rows contiguous floats of y (a scatter per j would touch 16 distant rows of y at once).
-  const __m512i idx = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 0, 0, 0, 0);
+  // Transpose 16 tokens at a time in registers: r[j] holds row j's 16 tokens; after the 16x16
+  // transpose, c[t] holds token t's values for rows 0..15, stored as `rows` contiguous floats.
   const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1u);
-  for (int64_t t = 0; t < tokens; ++t) {
-    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(t))), ct, 4);
-    _mm512_mask_storeu_ps(y + t * ldy, mask, v);
+  for (int64_t v = 0; v < 2 && 16 * v < tokens; ++v) {
+    __m512 r[16], t[16];
+    for (int j = 0; j < 16; ++j) r[j] = j < rows ? _mm512_loadu_ps(ct + j * 32 + 16 * v) : _mm512_setzero_ps();
+    for (int j = 0; j < 16; j += 2) {
+      t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+      t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {
+      r[j] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[j]), _mm512_castps_pd(t[j + 2])));
+      r[j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[j]), _mm512_castps_pd(t[j + 2])));
+      r[j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[j + 1]), _mm512_castps_pd(t[j + 3])));
+      r[j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[j + 1]), _mm512_castps_pd(t[j + 3])));
+    }
+    // r[4q + i] now holds rows 4q..4q+3 at tokens i, i+4, i+8, i+12 (one 128-bit lane each).
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);       // tokens i, i+8 of rows 0-7
+      t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);   // tokens i+4, i+12 of rows 0-7
+      t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+      t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+    }
+    __m512 c[16];
+    for (int i = 0; i < 4; ++i) {
+      c[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+      c[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+      c[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+      c[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+    }
+    const int64_t n = tokens - 16 * v < 16 ? tokens - 16 * v : 16;
+    float* base = y + 16 * v * ldy;
+    for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_ps(base + i * ldy, mask, c[i]);
   }
 }
 
