@@ -128,14 +128,15 @@ int RunModelBench(const ModelArgs& a) {
   const nlohmann::json prefill_parts = breakdown(pp, prefill_s), decode_parts = breakdown(dp, decode_s);
   // Prefill's physical limit: the matrix products' flops per token at the FMA peak.
   const double gemm_flop_per_token = pp.gemm_flop / static_cast<double>(a.batch * a.prompt_len);
-  const double prefill_ceiling = peak_gflops > 0 && gemm_flop_per_token > 0 ? peak_gflops * 1e9 / gemm_flop_per_token : 0;
+  const double prefill_ceiling =
+      peak_gflops > 0 && gemm_flop_per_token > 0 ? peak_gflops * 1e9 / gemm_flop_per_token : 0;
   const double prefill_tok_s = a.batch * a.prompt_len / prefill_s;
   const double decode_tok_s = a.gen_len > 0 ? a.batch * a.gen_len / decode_s : 0;
   // Bytes one decode step reads: the weights once, plus each sequence's KV (mean context).
-  const double kv_token_bytes = static_cast<double>(c.num_layers * 2 * c.num_kv_heads * c.head_dim) *
-                                kernels::DTypeSize(kvdt);
-  const double step_bytes = static_cast<double>(m.decode_weight_bytes()) +
-                            a.batch * kv_token_bytes * (a.prompt_len + a.gen_len / 2.0);
+  const double kv_token_bytes =
+      static_cast<double>(c.num_layers * 2 * c.num_kv_heads * c.head_dim) * kernels::DTypeSize(kvdt);
+  const double step_bytes =
+      static_cast<double>(m.decode_weight_bytes()) + a.batch * kv_token_bytes * (a.prompt_len + a.gen_len / 2.0);
   const double roofline = membw > 0 ? a.batch * membw * 1e9 / step_bytes : 0;
   if (a.json) {
     nlohmann::json j = {{"model", a.dir},
@@ -162,26 +163,27 @@ int RunModelBench(const ModelArgs& a) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("model:    %s\n", m.Describe().c_str());
-    std::printf("prefill:  %lld x %lld tokens in %.3f s = %.1f tok/s\n",
-                static_cast<long long>(a.batch), static_cast<long long>(a.prompt_len), prefill_s,
-                prefill_tok_s);
-    std::printf("decode:   %lld x %lld tokens in %.3f s = %.2f tok/s\n",
-                static_cast<long long>(a.batch), static_cast<long long>(a.gen_len), decode_s,
-                decode_tok_s);
-    std::printf("membw:    %.1f GB/s read; %.1f MB per decode step -> roofline %.2f tok/s; "
-                "decode at %.0f%% of it\n",
-                membw, step_bytes / 1e6, roofline, roofline > 0 ? 100 * decode_tok_s / roofline : 0);
+    std::printf("prefill:  %lld x %lld tokens in %.3f s = %.1f tok/s\n", static_cast<long long>(a.batch),
+                static_cast<long long>(a.prompt_len), prefill_s, prefill_tok_s);
+    std::printf("decode:   %lld x %lld tokens in %.3f s = %.2f tok/s\n", static_cast<long long>(a.batch),
+                static_cast<long long>(a.gen_len), decode_s, decode_tok_s);
+    std::printf(
+        "membw:    %.1f GB/s read; %.1f MB per decode step -> roofline %.2f tok/s; "
+        "decode at %.0f%% of it\n",
+        membw, step_bytes / 1e6, roofline, roofline > 0 ? 100 * decode_tok_s / roofline : 0);
     auto show = [](const char* what, const nlohmann::json& b) {
-      std::printf("%s GEMM %.3f s (%.1f GFLOP/s), GEMV %.3f s (%.1f GB/s), attention %.3f s (%.1f GFLOP/s), "
-                  "elementwise %.3f s, rest %.3f s\n",
-                  what, b["gemm_s"].get<double>(), b["gemm_gflop_s"].get<double>(), b["gemv_s"].get<double>(),
-                  b["gemv_gbps"].get<double>(), b["attention_s"].get<double>(), b["attention_gflop_s"].get<double>(),
-                  b["elementwise_s"].get<double>(), b["rest_s"].get<double>());
+      std::printf(
+          "%s GEMM %.3f s (%.1f GFLOP/s), GEMV %.3f s (%.1f GB/s), attention %.3f s (%.1f GFLOP/s), "
+          "elementwise %.3f s, rest %.3f s\n",
+          what, b["gemm_s"].get<double>(), b["gemm_gflop_s"].get<double>(), b["gemv_s"].get<double>(),
+          b["gemv_gbps"].get<double>(), b["attention_s"].get<double>(), b["attention_gflop_s"].get<double>(),
+          b["elementwise_s"].get<double>(), b["rest_s"].get<double>());
     };
     if (peak_gflops > 0) {
-      std::printf("compute:  f32 FMA peak %.0f GFLOP/s; %.2f GFLOP of matrix products per prompt token -> prefill "
-                  "ceiling %.0f tok/s; prefill at %.0f%% of it\n",
-                  peak_gflops, gemm_flop_per_token / 1e9, prefill_ceiling, 100 * prefill_tok_s / prefill_ceiling);
+      std::printf(
+          "compute:  f32 FMA peak %.0f GFLOP/s; %.2f GFLOP of matrix products per prompt token -> prefill "
+          "ceiling %.0f tok/s; prefill at %.0f%% of it\n",
+          peak_gflops, gemm_flop_per_token / 1e9, prefill_ceiling, 100 * prefill_tok_s / prefill_ceiling);
     }
     show("prefill:  ", prefill_parts);
     show("decode:   ", decode_parts);
@@ -227,9 +229,7 @@ void AddModelBenchCommands(CLI::App& bench) {
     const int threads = wa->threads > 0 ? wa->threads : static_cast<int>(std::thread::hardware_concurrency());
     const double gbps = MeasureMembw(threads, static_cast<size_t>(*bytes), wa->reps);
     if (wa->json) {
-      std::printf("%s\n", nlohmann::json({{"gbps", gbps}, {"threads", threads}, {"bytes", *bytes}})
-                              .dump()
-                              .c_str());
+      std::printf("%s\n", nlohmann::json({{"gbps", gbps}, {"threads", threads}, {"bytes", *bytes}}).dump().c_str());
     } else {
       std::printf("memory read bandwidth: %.1f GB/s (%d threads)\n", gbps, threads);
     }

@@ -247,21 +247,11 @@ void Consumer::Loop() {
       if (stop || after >= f.deadline) expired.push_back(id);
     }
     for (const auto& id : expired) {
-      InFlight f = std::move(in_flight_.at(id));
-      in_flight_.erase(id);
-      if (f.aborted) {  // no answer for an aborted load: stop holding its blocks
-        engine_->ReleaseHeldBlocks(id);
-        continue;
-      }
-      if (stop) {
-        Complete(id, UnavailableError("the decoder's connector shut down during the KV load"), 0, {});
-        continue;
-      }
-      bootstrap_[f.bootstrap_url].map.reset();  // the prefiller may have moved: ask again next time
-      Complete(id,
-               DeadlineExceededError(fmt::format("no answer from prefiller {} for transfer {} within {:.1f} s", f.addr,
-                                                 f.transfer_id, Secs(load_timeout_))),
-               0, {});
+      const InFlight& f = in_flight_.at(id);
+      EndUnanswered(id, stop ? UnavailableError("the decoder's connector shut down during the KV load")
+                             : DeadlineExceededError(fmt::format("no answer from prefiller {} for transfer {} within "
+                                                                 "{:.1f} s",
+                                                                 f.addr, f.transfer_id, Secs(load_timeout_))));
     }
     if (stop) break;
   }
@@ -280,6 +270,17 @@ void Consumer::DropDealer(const std::string& addr) {
   dealers_.erase(d);
 }
 
+void Consumer::EndUnanswered(const std::string& id, const Status& why) {
+  InFlight f = std::move(in_flight_.at(id));
+  in_flight_.erase(id);
+  if (f.aborted) {  // no answer for an aborted load: stop holding its blocks
+    engine_->ReleaseHeldBlocks(id);
+    return;
+  }
+  bootstrap_[f.bootstrap_url].map.reset();  // the prefiller may have moved: ask again next time
+  Complete(id, why, 0, {});
+}
+
 void Consumer::OnPeerGone(const std::string& addr) {
   std::vector<std::string> ids;
   for (const auto& [id, f] : in_flight_) {
@@ -288,18 +289,9 @@ void Consumer::OnPeerGone(const std::string& addr) {
   KVF_LOG_WARN("connector: side channel to prefiller worker {} closed; {} KV load(s) waiting on it end now", addr,
                ids.size());
   for (const auto& id : ids) {
-    InFlight f = std::move(in_flight_.at(id));
-    in_flight_.erase(id);
-    bootstrap_[f.bootstrap_url].map.reset();
-    if (f.aborted) {
-      engine_->ReleaseHeldBlocks(id);
-      continue;
-    }
-    Complete(id,
-             UnavailableError(fmt::format("prefiller worker {} closed the side channel before answering transfer {} "
-                                          "(process gone or restarted)",
-                                          addr, f.transfer_id)),
-             0, {});
+    EndUnanswered(id, UnavailableError(fmt::format("prefiller worker {} closed the side channel before answering "
+                                                   "transfer {} (process gone or restarted)",
+                                                   addr, in_flight_.at(id).transfer_id)));
   }
   // Forget every bootstrap answer that lists this worker: the next pull asks the bootstrap
   // server again (a dead prefiller then fails at once; a restarted one gives its new address)
@@ -429,8 +421,7 @@ zmq::socket_t* Consumer::Dealer(const std::string& addr, Status* st) {
     // Watch the connection: ZMQ reconnects silently, so a dead prefiller would otherwise be
     // noticed only by the load timeout.
     const std::string ep = fmt::format("inproc://kvf-consumer-{}-{}", static_cast<const void*>(this), ++monitor_seq_);
-    if (zmq_socket_monitor(s->handle(), ep.c_str(), ZMQ_EVENT_DISCONNECTED) != 0)
-      throw zmq::error_t();
+    if (zmq_socket_monitor(s->handle(), ep.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) throw zmq::error_t();
     auto m = std::make_unique<zmq::socket_t>(*zmq_ctx_, zmq::socket_type::pair);
     m->set(zmq::sockopt::linger, 0);
     m->connect(ep);

@@ -112,6 +112,9 @@ class Consumer {
   void Complete(const std::string& request_id, const Status& st, uint64_t bytes, Duration took);
   bool StillLoading(const std::string& request_id);
   zmq::socket_t* Dealer(const std::string& addr, Status* st);
+  // Ends an in-flight load whose answer will not come: an aborted one releases its held blocks,
+  // any other fails with `why`; the bootstrap answer it used is forgotten.
+  void EndUnanswered(const std::string& id, const Status& why);
   // The side channel to a prefiller worker closed (the process died or restarted): its reply
   // can no longer come, so its loads end now instead of at the load timeout.
   void OnPeerGone(const std::string& addr);
@@ -136,7 +139,7 @@ class Consumer {
   // Per dealer, a PAIR socket receiving its ZMQ_EVENT_DISCONNECTED events (zmq_socket_monitor).
   std::map<std::string, std::unique_ptr<zmq::socket_t>> monitors_;
   uint64_t monitor_seq_ = 0;
-  std::map<std::string, InFlight> in_flight_;                      // by request id
+  std::map<std::string, InFlight> in_flight_;  // by request id
 
   mutable Mutex mu_;
   std::map<std::string, Load> loads_ KVF_GUARDED_BY(mu_);

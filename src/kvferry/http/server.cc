@@ -1,11 +1,11 @@
 // The HTTP server: Boost.Beast with C++20 coroutines. One coroutine per
 // connection reads a request, hands it to the handler, then drives the handler's
 // Responder (plain or chunked), watching the socket for a client that goes away.
+#include <fmt/format.h>
+#include <sys/socket.h>
 #include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/beast.hpp>
-#include <fmt/format.h>
-#include <sys/socket.h>
 
 #include <atomic>
 #include <deque>
@@ -137,7 +137,8 @@ class ResponderImpl final : public Responder {
         Event e;
         e.status = 500;
         e.content_type = "application/json";
-        e.data = R"({"error":{"message":"the server dropped the request without an answer","type":"InternalServerError","param":null,"code":500}})";
+        e.data =
+            R"({"error":{"message":"the server dropped the request without an answer","type":"InternalServerError","param":null,"code":500}})";
         ch_->Push(std::move(e), true);
       }
     }
@@ -183,7 +184,10 @@ class ServerImpl;
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(ServerImpl* server, tcp::socket socket, Strand strand)
-      : server_(server), stream_(std::move(socket)), strand_(std::move(strand)), timer_(strand_),
+      : server_(server),
+        stream_(std::move(socket)),
+        strand_(std::move(strand)),
+        timer_(strand_),
         link_(std::make_shared<SessionLink>()) {
     MutexLock l(link_->mu);
     link_->session = this;
@@ -340,11 +344,13 @@ class ServerImpl final : public Server {
         if (sessions_.size() >= options_.max_connections) continue;  // socket closes
         // Drop expired entries now and then.
         if (sessions_.size() % 64 == 0) {
-          for (auto it = sessions_.begin(); it != sessions_.end();) it = it->expired() ? sessions_.erase(it) : std::next(it);
+          for (auto it = sessions_.begin(); it != sessions_.end();)
+            it = it->expired() ? sessions_.erase(it) : std::next(it);
         }
         sessions_.push_back(session);
       }
-      asio::co_spawn(strand, [session]() -> awaitable<void> { co_await session->Run(); }, asio::detached);
+      asio::co_spawn(
+          strand, [session]() -> awaitable<void> { co_await session->Run(); }, asio::detached);
     }
   }
 
@@ -359,7 +365,9 @@ class ServerImpl final : public Server {
   std::vector<std::weak_ptr<Session>> sessions_ KVF_GUARDED_BY(mu_);
 };
 
-Header MakeHeader(std::string_view n, std::string_view v) { return Header{std::string(n), std::string(v)}; }
+Header MakeHeader(std::string_view n, std::string_view v) {
+  return Header{std::string(n), std::string(v)};
+}
 
 bool Session::PeerClosed() {
   char c;
@@ -494,13 +502,15 @@ awaitable<void> Session::Run() {
     auto [ec, n] = co_await bhttp::async_read(stream_, buffer, parser, kTuple);
     if (ec) {
       if (ec == bhttp::error::body_limit || ec == bhttp::error::header_limit) {
-        bhttp::response<bhttp::string_body> res{ec == bhttp::error::body_limit ? bhttp::status::payload_too_large
-                                                                               : bhttp::status::request_header_fields_too_large, 11};
+        bhttp::response<bhttp::string_body> res{ec == bhttp::error::body_limit
+                                                    ? bhttp::status::payload_too_large
+                                                    : bhttp::status::request_header_fields_too_large,
+                                                11};
         res.set(bhttp::field::content_type, "application/json");
         res.body() = fmt::format(
             R"({{"error":{{"message":"request {} exceeds the limit of {} bytes","type":"BadRequestError","param":null,"code":{}}}}})",
-            ec == bhttp::error::body_limit ? "body" : "header", ec == bhttp::error::body_limit ? o.max_body_bytes : 65536,
-            ec == bhttp::error::body_limit ? 413 : 431);
+            ec == bhttp::error::body_limit ? "body" : "header",
+            ec == bhttp::error::body_limit ? o.max_body_bytes : 65536, ec == bhttp::error::body_limit ? 413 : 431);
         res.keep_alive(false);
         res.prepare_payload();
         stream_.expires_after(std::chrono::seconds(5));

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "kvferry/kernels/avx512_load.h"
 #include "kvferry/kernels/kernel_table.h"
 
 namespace kvferry::kernels::avx512 {
@@ -20,7 +21,9 @@ namespace {
 
 constexpr int64_t kChunk = 64;  // keys per chunk (a multiple of 4)
 
-inline int64_t RoundUp16(int64_t n) { return (n + 15) & ~int64_t{15}; }
+inline int64_t RoundUp16(int64_t n) {
+  return (n + 15) & ~int64_t{15};
+}
 
 // exp(x), Cephes-style (~1 ulp), for x clamped to [-87, 88.7]: below -87 the result is ~0.
 inline __m512 ExpClamped(__m512 x) {
@@ -42,31 +45,13 @@ inline __m512 ExpClamped(__m512 x) {
 // One K or V row of hd elements to f32.
 inline void RowToF32(const char* src, DType dtype, int64_t hd, float* dst) {
   int64_t d = 0;
-  if (dtype == DType::kBF16) {
-    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-    for (; d + 16 <= hd; d += 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + d));
-      _mm512_storeu_ps(dst + d, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-    for (; d < hd; ++d) {
-      const uint32_t u = static_cast<uint32_t>(s[d]) << 16;
-      __builtin_memcpy(dst + d, &u, 4);
-    }
-  } else if (dtype == DType::kF16) {
-    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-    for (; d + 16 <= hd; d += 16)
-      _mm512_storeu_ps(dst + d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + d))));
-    for (; d < hd; ++d) dst[d] = _cvtsh_ss(s[d]);
-  } else {
-    const float* s = reinterpret_cast<const float*>(src);
-    for (; d < hd; ++d) dst[d] = s[d];
-  }
+  for (; d + 16 <= hd; d += 16) _mm512_storeu_ps(dst + d, LoadF32(src, dtype, d));
+  if (d < hd) _mm512_mask_storeu_ps(dst + d, FirstLanes(hd - d), LoadF32Masked(src, dtype, d, FirstLanes(hd - d)));
 }
 
 // st[l][rv0 + j] = sum_d qt[d][rv0 + j] * kf[l][d] for 4 keys l0.. and RVB row vectors.
 template <int RVB>
-inline void Scores4(const float* qt, int64_t r16, const float* kf, int64_t hd, int64_t l0, int64_t rv0,
-                    float* st) {
+inline void Scores4(const float* qt, int64_t r16, const float* kf, int64_t hd, int64_t l0, int64_t rv0, float* st) {
   __m512 acc[4][RVB];
   for (int l = 0; l < 4; ++l)
     for (int j = 0; j < RVB; ++j) acc[l][j] = _mm512_setzero_ps();
@@ -127,7 +112,7 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
     _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
   }
   if (i < n) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 mask = FirstLanes(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
     const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, ExpClamped(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     _mm512_mask_storeu_ps(out + i, mask, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mask, up + i)));

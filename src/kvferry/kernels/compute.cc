@@ -8,7 +8,6 @@
 #include <cstring>
 #include <limits>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "kvferry/kernels/gemm_library.h"
@@ -68,8 +67,7 @@ struct Compute::Impl {
   void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
-  void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g,
-                     int64_t i0, int64_t i1);
+  void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g, int64_t i0, int64_t i1);
 };
 
 namespace {
@@ -80,7 +78,40 @@ void AddBias(const float* bias, int64_t m, int64_t n0, int64_t n1, float* y, int
     for (int64_t j = n0; j < n1; ++j) y[r * ldy + j] += bias[j];
 }
 
-int64_t Ldy(const MatMulOutput& o) { return o.ldy != 0 ? o.ldy : o.w.rows; }
+int64_t Ldy(const MatMulOutput& o) {
+  return o.ldy != 0 ? o.ldy : o.w.rows;
+}
+
+// Rows [n0, n1) of output `out`: one tile of a thread's share of a fused MatMul.
+struct RowTile {
+  size_t out;
+  int64_t n0, n1;
+};
+
+// Splits the concatenated output rows into nt equal shares (in units of `unit` rows), each cut
+// into near-equal tiles of at most max_rows rows (a multiple of unit) that never cross outputs.
+std::vector<std::vector<RowTile>> SplitRows(std::span<const MatMulOutput> outs, int nt, int64_t unit,
+                                            int64_t max_rows) {
+  int64_t total = 0;
+  for (const auto& o : outs) total += o.w.rows;
+  const int64_t units = (total + unit - 1) / unit;
+  std::vector<std::vector<RowTile>> work(nt);
+  for (int t = 0; t < nt; ++t) {
+    const int64_t b = std::min(total, units * t / nt * unit), e = std::min(total, units * (t + 1) / nt * unit);
+    int64_t base = 0;
+    for (size_t i = 0; i < outs.size() && b < e; ++i) {
+      const int64_t hi = std::min(e, base + outs[i].w.rows);
+      for (int64_t r = std::max(b, base); r < hi;) {
+        const int64_t left = hi - r, parts = (left + max_rows - 1) / max_rows;
+        const int64_t len = std::min(left, ((left + parts - 1) / parts + unit - 1) / unit * unit);
+        work[t].push_back({i, r - base, r - base + len});
+        r += len;
+      }
+      base += outs[i].w.rows;
+    }
+  }
+  return work;
+}
 
 // Maps a global row index over the concatenated outputs to (output, row).
 struct RowCursor {
@@ -95,8 +126,7 @@ struct RowCursor {
 
 }  // namespace
 
-void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx,
-                             std::span<const MatMulOutput> outs) {
+void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   int64_t total = 0;
   for (const auto& o : outs) total += o.w.rows;
   const int nt = size();
@@ -116,8 +146,8 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx,
       for (int64_t jb = row; jb < rend; jb += kGemvBlock) {
         const int64_t je = std::min(rend, jb + kGemvBlock);
         for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
-          table->gemv(x + r0 * ldx, std::min(kGemvMaxRows, m - r0), ldx, o.w.data, o.w.dtype,
-                      o.w.cols, jb, je, o.y + r0 * ldy, ldy);
+          table->gemv(x + r0 * ldx, std::min(kGemvMaxRows, m - r0), ldx, o.w.data, o.w.dtype, o.w.cols, jb, je,
+                      o.y + r0 * ldy, ldy);
         }
       }
       AddBias(o.bias, m, row, rend, o.y, ldy);
@@ -126,8 +156,7 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx,
   });
 }
 
-void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
-                             std::span<const MatMulOutput> outs) {
+void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   const int nt = size();
   bool all_bf16 = true;
   for (const auto& o : outs) all_bf16 = all_bf16 && o.w.dtype == DType::kBF16;
@@ -163,28 +192,8 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx,
     return;
   }
 
-  // f32 GEMM on weight tiles converted to f32. Each thread takes an equal share of the
-  // concatenated output rows (in units of 16) and walks it in tiles of up to kGemmTile rows.
-  int64_t total = 0;
-  for (const auto& o : outs) total += o.w.rows;
-  const int64_t units = (total + 15) / 16;
-  std::vector<std::vector<std::tuple<size_t, int64_t, int64_t>>> work(nt);  // (output, n0, n1)
-  for (int t = 0; t < nt; ++t) {
-    int64_t b = std::min(total, units * t / nt * 16), e = std::min(total, units * (t + 1) / nt * 16);
-    int64_t base = 0;
-    for (size_t i = 0; i < outs.size() && b < e; ++i) {
-      const int64_t rows = outs[i].w.rows;
-      for (int64_t r = std::max(b, base); r < std::min(e, base + rows);) {
-        // Split the thread's part of this output into near-equal tiles of <= kGemmTile rows.
-        const int64_t left = std::min(e, base + rows) - r;
-        const int64_t parts = (left + kGemmTile - 1) / kGemmTile;
-        const int64_t len = std::min(left, ((left + parts - 1) / parts + 15) / 16 * 16);
-        work[t].emplace_back(i, r - base, r - base + len);
-        r += len;
-      }
-      base += rows;
-    }
-  }
+  // f32 GEMM on weight tiles of up to kGemmTile rows, converted to f32.
+  const auto work = SplitRows(outs, nt, 16, kGemmTile);
   team->Run([&](int t) {
     for (const auto& [oi, n0, n1] : work[t]) {
       const MatMulOutput& o = outs[oi];
@@ -215,20 +224,7 @@ void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<co
   ParallelFor(nblk, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) avx512::GemmPackX(x, m, ldx, k, i * B, &xt[i * k * B]);
   });
-  // Each thread takes an equal share of the concatenated output rows, in whole panels.
-  int64_t total = 0;
-  for (const auto& o : outs) total += o.w.rows;
-  const int64_t units = (total + P - 1) / P;
-  std::vector<std::vector<std::tuple<size_t, int64_t, int64_t>>> work(nt);  // (output, n0, rows)
-  for (int t = 0; t < nt; ++t) {
-    const int64_t b = std::min(total, units * t / nt * P), e = std::min(total, units * (t + 1) / nt * P);
-    int64_t base = 0;
-    for (size_t i = 0; i < outs.size(); ++i) {
-      const int64_t lo = std::max(b, base), hi = std::min(e, base + outs[i].w.rows);
-      for (int64_t r = lo; r < hi; r += P) work[t].emplace_back(i, r - base, std::min(P, hi - r));
-      base += outs[i].w.rows;
-    }
-  }
+  const auto work = SplitRows(outs, nt, P, P);  // whole panels
   // Token blocks per pass: their packed x (k * kGemmTokens floats each) stays in L2 while the
   // thread's panels go by; each panel slice, widened once per pass, sits in L1 and meets every
   // block of the pass, and the panel's partial tiles stay in L1 too.
@@ -241,8 +237,9 @@ void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<co
     float* ct = wp + P * Kc;  // [block in pass] tiles of the current panel
     for (int64_t b0 = 0; b0 < nblk; b0 += mc) {
       const int64_t b1 = std::min(nblk, b0 + mc);
-      for (const auto& [oi, n0, rows] : mine) {
+      for (const auto& [oi, n0, n1] : mine) {
         const MatMulOutput& o = outs[oi];
+        const int64_t rows = n1 - n0;
         const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
         const char* w = static_cast<const char*>(o.w.data) + n0 * k * esize;
         for (int64_t k0 = 0; k0 < k; k0 += Kc) {
@@ -256,12 +253,12 @@ void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<co
           avx512::GemmStore(ct + (bi - b0) * tile, rows, std::min(B, m - bi * B), o.y + bi * B * ldy + n0, ldy);
       }
     }
-    for (const auto& [oi, n0, rows] : mine) AddBias(outs[oi].bias, m, n0, n0 + rows, outs[oi].y, Ldy(outs[oi]));
+    for (const auto& [oi, n0, n1] : mine) AddBias(outs[oi].bias, m, n0, n1, outs[oi].y, Ldy(outs[oi]));
   });
 }
 
-void Compute::Impl::AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq,
-                                  int64_t g, int64_t i0, int64_t i1) {
+void Compute::Impl::AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g, int64_t i0,
+                                  int64_t i1) {
   const int64_t hd = a.head_dim;
   const int64_t group = a.num_heads / a.num_kv_heads;
   const int64_t ldq = a.num_heads * hd;
@@ -277,8 +274,7 @@ void Compute::Impl::AttentionItem(int t, const AttentionArgs& a, const Attention
   float* sum = mx + rows;
   float* tmp = sum + rows;
   for (int64_t i = i0; i < i1; ++i)
-    std::memcpy(q + (i - i0) * group * hd, a.q + (seq.row0 + i) * ldq + g * group * hd,
-                sizeof(float) * group * hd);
+    std::memcpy(q + (i - i0) * group * hd, a.q + (seq.row0 + i) * ldq + g * group * hd, sizeof(float) * group * hd);
   std::memset(out, 0, sizeof(float) * rows * hd);
   for (int64_t r = 0; r < rows; ++r) {
     mx[r] = -std::numeric_limits<float>::infinity();
@@ -292,8 +288,7 @@ void Compute::Impl::AttentionItem(int t, const AttentionArgs& a, const Attention
     for (int64_t l = 0; l < c; ++l) {
       if (l < nc) {
         const int64_t p = c0 + l;
-        const char* blk = base + static_cast<int64_t>(seq.block_table[p / a.kv.block_size]) *
-                                     a.kv.block_bytes;
+        const char* blk = base + static_cast<int64_t>(seq.block_table[p / a.kv.block_size]) * a.kv.block_bytes;
         const int64_t slot = p % a.kv.block_size;
         const int64_t off = g * a.kv.head_stride + slot * hd;
         table->to_f32(blk + (a.kv.k_offset + off) * esize, a.kv.dtype, hd, tmp);
@@ -354,12 +349,15 @@ StatusOr<std::unique_ptr<Compute>> Compute::Create(const ComputeOptions& options
   return std::unique_ptr<Compute>(new Compute(std::move(impl)));
 }
 
-int Compute::num_threads() const { return impl_->size(); }
-Isa Compute::isa() const { return impl_->isa; }
+int Compute::num_threads() const {
+  return impl_->size();
+}
+Isa Compute::isa() const {
+  return impl_->isa;
+}
 
 std::string Compute::Describe() const {
-  std::string s = std::string("isa=") + IsaName(impl_->isa) +
-                  " threads=" + std::to_string(impl_->size()) + " gemm=";
+  std::string s = std::string("isa=") + IsaName(impl_->isa) + " threads=" + std::to_string(impl_->size()) + " gemm=";
   if (impl_->lib == nullptr) {
     s += impl_->isa >= Isa::kAvx512 ? "built-in AVX-512 (bf16/f16 weights widened per slice)" : "built-in f32";
   } else if (impl_->bf16_gemm) {
@@ -412,8 +410,12 @@ double Compute::MeasurePeakGflops(int reps) {
   return best;
 }
 
-Compute::Profile Compute::profile() const { return impl_->prof; }
-void Compute::ResetProfile() { impl_->prof = {}; }
+Compute::Profile Compute::profile() const {
+  return impl_->prof;
+}
+void Compute::ResetProfile() {
+  impl_->prof = {};
+}
 
 void Compute::PagedAttention(const AttentionArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -441,8 +443,7 @@ void Compute::PagedAttentionImpl(const AttentionArgs& args) {
   for (size_t s = 0; s < args.sequences.size(); ++s) {
     const auto& seq = args.sequences[s];
     for (int64_t i0 = 0; i0 < seq.n_tokens; i0 += qtile)
-      for (int64_t g = 0; g < args.num_kv_heads; ++g)
-        items.push_back({s, g, i0, std::min(seq.n_tokens, i0 + qtile)});
+      for (int64_t g = 0; g < args.num_kv_heads; ++g) items.push_back({s, g, i0, std::min(seq.n_tokens, i0 + qtile)});
   }
   // Later query tiles attend to more keys: hand out the expensive ones first, dynamically.
   std::vector<size_t> order(items.size());
@@ -512,8 +513,7 @@ double Compute::MeasureReadBandwidth(size_t bytes, int reps) {
     impl_->team->Run([&](int t) {
       if (bufs[t] != nullptr) sink[t] += impl_->table->read_sum(bufs[t], per);
     });
-    const double dt =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, static_cast<double>(per) * nt / dt / 1e9);
   }
   bool ok = true;

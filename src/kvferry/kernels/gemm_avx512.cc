@@ -8,40 +8,17 @@
 // the 12x32 microkernel keeps 24 accumulators and, per k step, loads two token vectors and
 // broadcasts 12 weights. k is walked in slices of kGemmKc so that the widened panel slice stays
 // in L1 while the packed tokens stream from L2; partial sums live in a small [12][32] tile
-// between slices; at the end a 16x16 register transpose turns it into token rows of y. Compiled with AVX-512 F/BW/VL/DQ + F16C flags.
+// between slices; at the end a 16x16 register transpose turns it into token rows of y. Compiled with AVX-512 F/BW/VL/DQ
+// + F16C flags.
 
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "kvferry/kernels/avx512_load.h"
 #include "kvferry/kernels/kernel_table.h"
 
 namespace kvferry::kernels::avx512 {
-namespace {
-
-inline __m512 Widen(const void* row, DType dt, int64_t kk) {
-  if (dt == DType::kBF16) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + kk));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  if (dt == DType::kF16) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + kk)));
-  }
-  return _mm512_loadu_ps(static_cast<const float*>(row) + kk);
-}
-
-inline __m512 WidenMasked(const void* row, DType dt, int64_t kk, __mmask16 mask) {
-  if (dt == DType::kBF16) {
-    const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + kk);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  if (dt == DType::kF16) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + kk));
-  }
-  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + kk);
-}
-
-}  // namespace
 
 void GemmPackX(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t r0, float* xt) {
   const int64_t n = m - r0 < kGemmTokens ? m - r0 : kGemmTokens;
@@ -70,9 +47,9 @@ void GemmWidenPanel(const void* w, DType dtype, int64_t k, int64_t rows, int64_t
       if (j >= rows) {
         v = _mm512_setzero_ps();
       } else if (kk + 16 <= kc) {
-        v = Widen(row, dtype, k0 + kk);
+        v = LoadF32(row, dtype, k0 + kk);
       } else {
-        v = WidenMasked(row, dtype, k0 + kk, static_cast<__mmask16>((1u << (kc - kk)) - 1u));
+        v = LoadF32Masked(row, dtype, k0 + kk, FirstLanes(kc - kk));
       }
       _mm512_storeu_ps(dst + kk, v);
     }
@@ -106,7 +83,7 @@ void GemmMicro(const float* xt, int64_t kc, const float* wp, bool first, float* 
 void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t ldy) {
   // Transpose 16 tokens at a time in registers: r[j] holds row j's 16 tokens; after the 16x16
   // transpose, c[t] holds token t's values for rows 0..15, stored as `rows` contiguous floats.
-  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1u);
+  const __mmask16 mask = FirstLanes(rows);
   for (int64_t v = 0; v < 2 && 16 * v < tokens; ++v) {
     __m512 r[16], t[16];
     for (int j = 0; j < 16; ++j) r[j] = j < rows ? _mm512_loadu_ps(ct + j * 32 + 16 * v) : _mm512_setzero_ps();
@@ -122,8 +99,8 @@ void GemmStore(const float* ct, int64_t rows, int64_t tokens, float* y, int64_t 
     }
     // r[4q + i] now holds rows 4q..4q+3 at tokens i, i+4, i+8, i+12 (one 128-bit lane each).
     for (int i = 0; i < 4; ++i) {
-      t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);       // tokens i, i+8 of rows 0-7
-      t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);   // tokens i+4, i+12 of rows 0-7
+      t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);      // tokens i, i+8 of rows 0-7
+      t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);  // tokens i+4, i+12 of rows 0-7
       t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
       t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
     }

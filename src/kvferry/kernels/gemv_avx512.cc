@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kvferry/kernels/avx512_load.h"
 #include "kvferry/kernels/kernel_table.h"
 
 namespace kvferry::kernels::avx512 {
@@ -18,42 +19,13 @@ namespace {
 constexpr int64_t kPrefetchBlocks = 1;
 
 template <DType D>
-inline __m512 LoadW(const void* row, int64_t k) {
-  if constexpr (D == DType::kF32) {
-    return _mm512_loadu_ps(static_cast<const float*>(row) + k);
-  } else if constexpr (D == DType::kBF16) {
-    const __m256i h = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  } else {
-    const __m256i h = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
-    return _mm512_cvtph_ps(h);
-  }
-}
-
-template <DType D>
-inline __m512 LoadWMasked(const void* row, int64_t k, __mmask16 mask) {
-  if constexpr (D == DType::kF32) {
-    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + k);
-  } else if constexpr (D == DType::kBF16) {
-    const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k);
-    return _mm512_cvtph_ps(h);
-  }
-}
-
-template <DType D>
 constexpr int64_t ElemSize() {
   return D == DType::kF32 ? 4 : 2;
 }
 
 // R rows of x against NB rows of w starting at row j.
 template <DType D, int R, int NB>
-inline void Block(const float* x, int64_t ldx, const char* w, int64_t k, int64_t j, float* y,
-                  int64_t ldy) {
+inline void Block(const float* x, int64_t ldx, const char* w, int64_t k, int64_t j, float* y, int64_t ldy) {
   const void* rows[NB];
   for (int b = 0; b < NB; ++b) rows[b] = w + (j + b) * k * ElemSize<D>();
   __m512 acc[R][NB];
@@ -63,20 +35,21 @@ inline void Block(const float* x, int64_t ldx, const char* w, int64_t k, int64_t
   const int64_t pf = kPrefetchBlocks * NB * k * ElemSize<D>();
   for (int64_t kk = 0; kk < k16; kk += 16) {
     if ((kk * ElemSize<D>()) % 64 == 0)  // one line per row
-      for (int b = 0; b < NB; ++b) _mm_prefetch(static_cast<const char*>(rows[b]) + kk * ElemSize<D>() + pf, _MM_HINT_T0);
+      for (int b = 0; b < NB; ++b)
+        _mm_prefetch(static_cast<const char*>(rows[b]) + kk * ElemSize<D>() + pf, _MM_HINT_T0);
     __m512 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * ldx + kk);
     for (int b = 0; b < NB; ++b) {
-      const __m512 wv = LoadW<D>(rows[b], kk);
+      const __m512 wv = LoadF32<D>(rows[b], kk);
       for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(xv[r], wv, acc[r][b]);
     }
   }
   if (k16 < k) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (k - k16)) - 1u);
+    const __mmask16 mask = FirstLanes(k - k16);
     __m512 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm512_maskz_loadu_ps(mask, x + r * ldx + k16);
     for (int b = 0; b < NB; ++b) {
-      const __m512 wv = LoadWMasked<D>(rows[b], k16, mask);
+      const __m512 wv = LoadF32Masked<D>(rows[b], k16, mask);
       for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(xv[r], wv, acc[r][b]);
     }
   }
@@ -85,8 +58,7 @@ inline void Block(const float* x, int64_t ldx, const char* w, int64_t k, int64_t
 }
 
 template <DType D, int R>
-void Rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n0, int64_t n1, float* y,
-          int64_t ldy) {
+void Rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const char* wc = static_cast<const char*>(w);
   int64_t j = n0;
   for (; j + 4 <= n1; j += 4) Block<D, R, 4>(x, ldx, wc, k, j, y, ldy);
@@ -94,8 +66,8 @@ void Rows(const float* x, int64_t ldx, const void* w, int64_t k, int64_t n0, int
 }
 
 template <DType D>
-void Typed(const float* x, int64_t m, int64_t ldx, const void* w, int64_t k, int64_t n0,
-           int64_t n1, float* y, int64_t ldy) {
+void Typed(const float* x, int64_t m, int64_t ldx, const void* w, int64_t k, int64_t n0, int64_t n1, float* y,
+           int64_t ldy) {
   switch (m) {
     case 1: return Rows<D, 1>(x, ldx, w, k, n0, n1, y, ldy);
     case 2: return Rows<D, 2>(x, ldx, w, k, n0, n1, y, ldy);
@@ -106,8 +78,8 @@ void Typed(const float* x, int64_t m, int64_t ldx, const void* w, int64_t k, int
 
 }  // namespace
 
-void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
-          int64_t n0, int64_t n1, float* y, int64_t ldy) {
+void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
+          float* y, int64_t ldy) {
   static_assert(kGemvMaxRows == 4);
   if (m <= 0) return;
   switch (dtype) {

@@ -23,16 +23,15 @@ struct KernelTable {
   void (*from_f32)(const float* src, int64_t n, DType dtype, void* dst);
   // y[r * ldy + j] = dot(x + r * ldx, row j of w) for r < m (m <= kGemvMaxRows), j in [n0, n1).
   // w is [rows][k] of dtype; j indexes rows of w and columns of y.
-  void (*gemv)(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
-               int64_t n0, int64_t n1, float* y, int64_t ldy);
+  void (*gemv)(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
+               float* y, int64_t ldy);
   // y[r * ldy + j] = dot(x + r * ldx, w + j * k) for r < m, j < n (f32 weights, any m).
   // panel: scratch of k * 16 floats.
-  void (*gemm_f32)(const float* x, int64_t m, int64_t ldx, const float* w, int64_t k, int64_t n,
-                   float* y, int64_t ldy, float* panel);
+  void (*gemm_f32)(const float* x, int64_t m, int64_t ldx, const float* w, int64_t k, int64_t n, float* y, int64_t ldy,
+                   float* panel);
   // s[r * 16 + j] = scale * dot(q + r * ldq, key j) for r < rows, j < 16; kt is [hd][16]
   // (keys transposed).
-  void (*attn_scores)(const float* q, int64_t rows, int64_t ldq, int64_t hd, const float* kt,
-                      float scale, float* s);
+  void (*attn_scores)(const float* q, int64_t rows, int64_t ldq, int64_t hd, const float* kt, float scale, float* s);
   // out[r * hd + d] += sum_j p[r * 16 + j] * v[j * hd + d].
   void (*attn_pv)(const float* p, int64_t rows, const float* v, int64_t hd, float* out);
   // x[i] = exp(x[i]) (x < -87 gives 0).
@@ -61,7 +60,7 @@ struct AttentionTileArgs {
   int64_t group = 1;
   int64_t head_dim = 0;  // a multiple of 4
   int64_t first_pos = 0;
-  int64_t n_keys = 0;    // first_pos + n_queries for a causal tile
+  int64_t n_keys = 0;  // first_pos + n_queries for a causal tile
   float scale = 1.0f;
   const void* kv_base = nullptr;
   DType kv_dtype = DType::kBF16;
@@ -86,8 +85,8 @@ const KernelTable* GetTable();
 namespace avx512 {
 const KernelTable* GetTable();
 // Hand-written AVX-512 GEMV (gemv_avx512.cc).
-void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k,
-          int64_t n0, int64_t n1, float* y, int64_t ldy);
+void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
+          float* y, int64_t ldy);
 // Hand-written AVX-512 GEMM pieces (gemm_avx512.cc). x is packed in blocks of kGemmTokens
 // tokens, [k][kGemmTokens] each (zeros past m). A panel is kGemmPanelRows rows of w; its slice
 // [k0, k0 + kc) (kc <= kGemmKc) is widened to f32 as [kGemmPanelRows][kGemmKc]. GemmMicro

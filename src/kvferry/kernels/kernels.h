@@ -41,7 +41,9 @@ uint16_t F32ToBf16(float v);
 float F16ToF32(uint16_t v);
 uint16_t F32ToF16(float v);
 // Rounds a float to the nearest bf16 value, returned as float.
-inline float RoundToBf16(float v) { return Bf16ToF32(F32ToBf16(v)); }
+inline float RoundToBf16(float v) {
+  return Bf16ToF32(F32ToBf16(v));
+}
 
 // Converts n elements of `src` (of type `dtype`) to/from f32, using the best ISA.
 void ConvertToF32(const void* src, DType dtype, int64_t n, float* dst);
@@ -83,11 +85,11 @@ struct MatMulOutput {
 struct PagedKv {
   void* base = nullptr;
   DType dtype = DType::kBF16;
-  int64_t block_bytes = 0;   // bytes from one block to the next
-  int64_t block_size = 16;   // tokens per block
-  int64_t k_offset = 0;      // in elements, from the start of a block
-  int64_t v_offset = 0;      // in elements
-  int64_t head_stride = 0;   // elements between kv heads (block_size * head_dim when dense)
+  int64_t block_bytes = 0;  // bytes from one block to the next
+  int64_t block_size = 16;  // tokens per block
+  int64_t k_offset = 0;     // in elements, from the start of a block
+  int64_t v_offset = 0;     // in elements
+  int64_t head_stride = 0;  // elements between kv heads (block_size * head_dim when dense)
 };
 
 // One sequence of an attention call: n_tokens new tokens at positions start_pos.. whose

@@ -154,8 +154,7 @@ TEST(MatMul, FusedOutputsMatchReference) {
               wb[o] = Store(Random(ns[o] * k, rng), dt, &we[o]);
               bias[o] = Random(ns[o], rng);
               y[o].assign(m * (ns[o] + 1), 0.0f);
-              outs.push_back({{wb[o].data(), dt, ns[o], k}, o == 1 ? nullptr : bias[o].data(),
-                              y[o].data(), ns[o] + 1});
+              outs.push_back({{wb[o].data(), dt, ns[o], k}, o == 1 ? nullptr : bias[o].data(), y[o].data(), ns[o] + 1});
             }
             (*c)->MatMul(x.data(), m, ldx, outs);
             for (int o = 0; o < 3; ++o)
@@ -163,8 +162,7 @@ TEST(MatMul, FusedOutputsMatchReference) {
                 for (int64_t j = 0; j < ns[o]; ++j) {
                   double ref = o == 1 ? 0 : bias[o][j];
                   for (int64_t cc = 0; cc < k; ++cc) ref += double(x[r * ldx + cc]) * we[o][j * k + cc];
-                  ASSERT_NEAR(y[o][r * (ns[o] + 1) + j], ref, 1e-3)
-                      << (*c)->Describe() << " m=" << m << " o=" << o;
+                  ASSERT_NEAR(y[o][r * (ns[o] + 1) + j], ref, 1e-3) << (*c)->Describe() << " m=" << m << " o=" << o;
                 }
           }
         }
@@ -265,8 +263,8 @@ TEST_P(PagedAttention, MatchesDense) {
         const int64_t block_elems = layers * per_layer;
         const int64_t esize = DTypeSize(kvdt);
         std::vector<uint8_t> cache(nblocks * block_elems * esize);
-        PagedKv kv{cache.data(), kvdt, block_elems * esize, bs, layer * per_layer,
-                   layer * per_layer + nkv * bs * hd, bs * hd};
+        PagedKv kv{cache.data(), kvdt, block_elems * esize, bs, layer * per_layer, layer * per_layer + nkv * bs * hd,
+                   bs * hd};
         // Sequences: (start_pos, n_tokens).
         const std::vector<std::pair<int64_t, int64_t>>& shapes = GetParam().seqs;
         std::vector<int32_t> free_blocks(nblocks);
@@ -332,8 +330,8 @@ TEST_P(PagedAttention, MatchesDense) {
                 double o = 0;
                 for (int64_t j = 0; j <= pos; ++j) o += sc[j] / sum * vf[s][(j * nkv + g) * hd + e];
                 ASSERT_NEAR(out[(row * nh + h) * hd + e], o, 1e-5)
-                    << "bs=" << bs << " " << DTypeName(kvdt) << " " << IsaName(isa) << " seq " << s
-                    << " tok " << i << " head " << h;
+                    << "bs=" << bs << " " << DTypeName(kvdt) << " " << IsaName(isa) << " seq " << s << " tok " << i
+                    << " head " << h;
               }
             }
           }

@@ -13,8 +13,8 @@
 
 namespace kvferry::model {
 
-using kernels::Matrix;
 using kernels::MatMulOutput;
+using kernels::Matrix;
 
 namespace {
 
@@ -24,7 +24,9 @@ struct Layer {
   std::vector<float> input_norm, post_norm, q_norm, k_norm;
 };
 
-const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+const float* OrNull(const std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
 
 StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -65,14 +67,13 @@ struct Model::Impl {
   }
 
   Status LoadTensors(const LoadOptions& options, const std::string& dir);
-  StatusOr<Matrix> GetMatrix(const std::string& name, int64_t rows, int64_t cols,
-                             std::vector<const void*>* regions, std::vector<uint64_t>* sizes);
+  StatusOr<Matrix> GetMatrix(const std::string& name, int64_t rows, int64_t cols, std::vector<const void*>* regions,
+                             std::vector<uint64_t>* sizes);
   StatusOr<std::vector<float>> GetVector(const std::string& name, int64_t n);
 };
 
 StatusOr<Matrix> Model::Impl::GetMatrix(const std::string& name, int64_t rows, int64_t cols,
-                                        std::vector<const void*>* regions,
-                                        std::vector<uint64_t>* sizes) {
+                                        std::vector<const void*>* regions, std::vector<uint64_t>* sizes) {
   KVF_ASSIGN_OR_RETURN(TensorView t, weights->Get(name, {rows, cols}));
   t.data = Aligned(t);
   regions->push_back(t.data);
@@ -90,8 +91,8 @@ StatusOr<std::vector<float>> Model::Impl::GetVector(const std::string& name, int
 
 Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& dir) {
   const ModelConfig& c = config;
-  const int64_t H = c.hidden_size, hd = c.head_dim, qd = c.num_heads * hd,
-                kvd = c.num_kv_heads * hd, I = c.intermediate_size;
+  const int64_t H = c.hidden_size, hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd,
+                I = c.intermediate_size;
   std::vector<const void*> regions;
   std::vector<uint64_t> sizes;
   KVF_ASSIGN_OR_RETURN(embed, GetMatrix("model.embed_tokens.weight", c.vocab_size, H, &regions, &sizes));
@@ -171,18 +172,25 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadO
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 
-const ModelConfig& Model::config() const { return impl_->config; }
-DType Model::weight_dtype() const { return impl_->embed.dtype; }
-uint64_t Model::decode_weight_bytes() const { return impl_->decode_bytes; }
-kernels::Compute& Model::compute() { return *impl_->compute; }
+const ModelConfig& Model::config() const {
+  return impl_->config;
+}
+DType Model::weight_dtype() const {
+  return impl_->embed.dtype;
+}
+uint64_t Model::decode_weight_bytes() const {
+  return impl_->decode_bytes;
+}
+kernels::Compute& Model::compute() {
+  return *impl_->compute;
+}
 
 std::string Model::Describe() const {
   const ModelConfig& c = impl_->config;
-  return std::string(ArchitectureName(c.arch)) + ": " + std::to_string(c.num_layers) +
-         " layers, hidden " + std::to_string(c.hidden_size) + ", heads " +
-         std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) + ", vocab " +
-         std::to_string(c.vocab_size) + ", " + kernels::DTypeName(weight_dtype()) +
-         " weights; " + impl_->compute->Describe();
+  return std::string(ArchitectureName(c.arch)) + ": " + std::to_string(c.num_layers) + " layers, hidden " +
+         std::to_string(c.hidden_size) + ", heads " + std::to_string(c.num_heads) + "/" +
+         std::to_string(c.num_kv_heads) + ", vocab " + std::to_string(c.vocab_size) + ", " +
+         kernels::DTypeName(weight_dtype()) + " weights; " + impl_->compute->Describe();
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::CreateKvCache(const KvCacheOptions& options) const {
@@ -197,8 +205,7 @@ std::span<const float> ForwardOutput::Row(size_t seq, int64_t i) const {
 Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, ForwardOutput* out) {
   Impl& m = *impl_;
   const ModelConfig& c = m.config;
-  if (cache.num_layers() != c.num_layers || cache.num_kv_heads() != c.num_kv_heads ||
-      cache.head_dim() != c.head_dim)
+  if (cache.num_layers() != c.num_layers || cache.num_kv_heads() != c.num_kv_heads || cache.head_dim() != c.head_dim)
     return InvalidArgumentError("the KV cache was made for a model of another shape");
   const int64_t bs = cache.block_size();
   int64_t T = 0, R = 0;
@@ -209,13 +216,11 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
     if (in.start_pos < 0) return InvalidArgumentError(who + ": negative start_pos");
     const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());
     if (static_cast<int64_t>(in.block_table.size()) * bs < end)
-      return InvalidArgumentError(who + ": block table covers " +
-                                  std::to_string(in.block_table.size() * bs) + " positions, needs " +
-                                  std::to_string(end));
+      return InvalidArgumentError(who + ": block table covers " + std::to_string(in.block_table.size() * bs) +
+                                  " positions, needs " + std::to_string(end));
     for (int64_t b = 0; b < (end + bs - 1) / bs; ++b)
       if (in.block_table[b] < 0 || in.block_table[b] >= cache.num_blocks())
-        return InvalidArgumentError(who + ": block id " + std::to_string(in.block_table[b]) +
-                                    " is outside the cache");
+        return InvalidArgumentError(who + ": block id " + std::to_string(in.block_table[b]) + " is outside the cache");
     for (int32_t t : in.tokens)
       if (t < 0 || t >= c.vocab_size)
         return InvalidArgumentError(who + ": token id " + std::to_string(t) + " is outside the vocab");
@@ -244,8 +249,7 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
   {
     int64_t row = 0;
     for (size_t s = 0; s < batch.size(); ++s) {
-      seqs[s] = {batch[s].block_table.data(), batch[s].start_pos,
-                 static_cast<int64_t>(batch[s].tokens.size()), row};
+      seqs[s] = {batch[s].block_table.data(), batch[s].start_pos, static_cast<int64_t>(batch[s].tokens.size()), row};
       for (size_t i = 0; i < batch[s].tokens.size(); ++i, ++row) {
         m.pos[row] = batch[s].start_pos + static_cast<int64_t>(i);
         m.tok[row] = batch[s].tokens[i];
@@ -257,8 +261,7 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
   const size_t eb = kernels::DTypeSize(m.embed.dtype);
   cp.ParallelFor(T, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      kernels::ConvertToF32(static_cast<const char*>(m.embed.data) + m.tok[t] * H * eb,
-                            m.embed.dtype, H, &m.x[t * H]);
+      kernels::ConvertToF32(static_cast<const char*>(m.embed.data) + m.tok[t] * H * eb, m.embed.dtype, H, &m.x[t * H]);
       const float p = static_cast<float>(m.pos[t]);
       for (int64_t i = 0; i < half; ++i) {
         const float angle = p * m.inv_freq[i];  // float32, as HF computes it
@@ -310,8 +313,8 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
         kernels::ApplyRope(kt, nkv, hd, &m.cos[t * half], &m.sin[t * half]);
         const SequenceInput& in = batch[seq_of_row[t]];
         const int64_t p = m.pos[t];
-        char* blk = cache_base + static_cast<int64_t>(in.block_table[p / bs]) *
-                                     static_cast<int64_t>(cache.bytes_per_block());
+        char* blk =
+            cache_base + static_cast<int64_t>(in.block_table[p / bs]) * static_cast<int64_t>(cache.bytes_per_block());
         for (int64_t hh = 0; hh < nkv; ++hh) {
           const int64_t off = hh * bs * hd + (p % bs) * hd;
           kernels::ConvertFromF32(kt + hh * hd, hd, kvdt, blk + (k_off + off) * kvb);

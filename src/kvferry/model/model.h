@@ -91,8 +91,7 @@ struct KvCacheOptions {
 // for the cache's lifetime (register it with the transfer engine once).
 class KvCache {
  public:
-  static StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
-                                                   const KvCacheOptions& options);
+  static StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config, const KvCacheOptions& options);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -132,9 +131,9 @@ struct SequenceInput {
 
 struct ForwardOutput {
   int64_t vocab_size = 0;
-  std::vector<float> logits;        // rows of vocab_size floats
-  std::vector<int64_t> first_row;   // per sequence: its first row in logits
-  std::vector<int64_t> num_rows;    // per sequence: 1, or tokens.size() with all_logits
+  std::vector<float> logits;                                     // rows of vocab_size floats
+  std::vector<int64_t> first_row;                                // per sequence: its first row in logits
+  std::vector<int64_t> num_rows;                                 // per sequence: 1, or tokens.size() with all_logits
   std::span<const float> Row(size_t seq, int64_t i = -1) const;  // -1: the sequence's last row
 };
 

@@ -142,7 +142,8 @@ class FakePrefill : public Fake {
     auto answer = [this, r] {
       int s = status;
       if (s != 200) {
-        r->Respond(s, "application/json", R"({"error":{"message":"prompt is too long","type":"BadRequestError","code":400}})");
+        r->Respond(s, "application/json",
+                   R"({"error":{"message":"prompt is too long","type":"BadRequestError","code":400}})");
         return;
       }
       r->Respond(200, "application/json", R"({"choices":[{"text":"x"}]})");
@@ -268,8 +269,9 @@ std::unique_ptr<Proxy> StartProxy(const ProxyOptions& o, bool wait = true) {
   return std::move(*p);
 }
 
-std::string Base(const Proxy& p) { return "http://127.0.0.1:" + std::to_string(p.port()); }
-
+std::string Base(const Proxy& p) {
+  return "http://127.0.0.1:" + std::to_string(p.port());
+}
 
 template <typename F>
 bool Eventually(F f, Duration d = 5s) {
@@ -281,18 +283,16 @@ bool Eventually(F f, Duration d = 5s) {
   return f();
 }
 
-const json kChat = {{"model", "m"},
-                    {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})},
-                    {"max_tokens", 50},
-                    {"max_completion_tokens", 40},
-                    {"stream", true},
-                    {"stream_options", {{"include_usage", true}}}};
+const json kChat = {{"model", "m"},     {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})},
+                    {"max_tokens", 50}, {"max_completion_tokens", 40},
+                    {"stream", true},   {"stream_options", {{"include_usage", true}}}};
 
 TEST(ProxyTest, BothLegsCarryExactlyTheContractFields) {
   FakePrefill p("p", {{3, "engine-p3"}});
   FakeDecode d("d");
   auto proxy = StartProxy(Options({p.instance()}, {d.url()}));
-  Result r = Post(Base(*proxy) + "/v1/chat/completions", kChat, {{"X-Request-Id", "rid-1"}, {"Authorization", "Bearer k"}});
+  Result r =
+      Post(Base(*proxy) + "/v1/chat/completions", kChat, {{"X-Request-Id", "rid-1"}, {"Authorization", "Bearer k"}});
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   EXPECT_EQ(r.code, 200);
   EXPECT_EQ(r.content_type, "text/event-stream");
@@ -330,7 +330,9 @@ TEST(ProxyTest, BothLegsCarryExactlyTheContractFields) {
   ASSERT_TRUE(pk["transfer_id"].is_string());
   std::string tid = pk["transfer_id"];
   EXPECT_EQ(dk["transfer_id"], tid);
-  EXPECT_TRUE(std::regex_match(tid, std::regex("xfer-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"))) << tid;
+  EXPECT_TRUE(
+      std::regex_match(tid, std::regex("xfer-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")))
+      << tid;
 
   // Non-streaming completion: JSON relayed; a fresh transfer_id; no max_completion_tokens added.
   json comp = {{"model", "m"}, {"prompt", "hello"}, {"max_tokens", 7}};
@@ -472,7 +474,8 @@ TEST(ProxyTest, ClientDisconnectAbortsBothLegs) {
   EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
   EXPECT_NE(got.find("\"i\":0"), std::string::npos) << got;
   EXPECT_TRUE(Eventually([&] { return p.gone == 1 && d.gone == 1; }));
-  EXPECT_TRUE(Eventually([&] { return proxy->MetricsText().find("kvferry_proxy_requests_in_flight 0") != std::string::npos; }));
+  EXPECT_TRUE(
+      Eventually([&] { return proxy->MetricsText().find("kvferry_proxy_requests_in_flight 0") != std::string::npos; }));
 }
 
 TEST(ProxyTest, UnhealthyDecoderLeavesRotationAndComesBack) {
@@ -480,18 +483,21 @@ TEST(ProxyTest, UnhealthyDecoderLeavesRotationAndComesBack) {
   FakeDecode d1("d1"), d2("d2");
   auto proxy = StartProxy(Options({p.instance()}, {d1.url(), d2.url()}));
   ASSERT_TRUE(Eventually([&] {
-    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 1") != std::string::npos;
+    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 1") !=
+           std::string::npos;
   }));
   d2.health = 503;
   ASSERT_TRUE(Eventually([&] {
-    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 0") != std::string::npos;
+    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 0") !=
+           std::string::npos;
   }));
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Post(Base(*proxy) + "/v1/completions", {{"prompt", "x"}}).code, 200);
   EXPECT_EQ(d1.count(), 4u);
   EXPECT_EQ(d2.count(), 0u);
   d2.health = 200;
   ASSERT_TRUE(Eventually([&] {
-    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 1") != std::string::npos;
+    return proxy->MetricsText().find("instance_healthy{role=\"decode\",instance=\"" + d2.url() + "\"} 1") !=
+           std::string::npos;
   }));
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Post(Base(*proxy) + "/v1/completions", {{"prompt", "x"}}).code, 200);
   EXPECT_EQ(d1.count(), 6u);
@@ -594,14 +600,16 @@ TEST(ProxyTest, ASlowClientStopsTheProxyReadingInsteadOfBuffering) {
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
   std::string body = kChat.dump();
-  std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n\r\n" + body;
+  std::string req =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
   ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
   // Everything is queued at the decoder; the proxy holds only socket buffers and its
   // 256 KiB allowance, so most of the 96 MiB must still be waiting at the decoder.
   EXPECT_TRUE(Eventually([&] { return d.queued == FloodDecode::kTotal && d.pending > 0; }, 10s));
   std::this_thread::sleep_for(300ms);
-  EXPECT_GT(d.pending.load(), FloodDecode::kTotal / 2) << "the proxy read " << (FloodDecode::kTotal - d.pending) << " bytes";
+  EXPECT_GT(d.pending.load(), FloodDecode::kTotal / 2)
+      << "the proxy read " << (FloodDecode::kTotal - d.pending) << " bytes";
   close(fd);
   EXPECT_TRUE(Eventually([&] { return d.gone == 1; }));
 }
@@ -626,7 +634,8 @@ TEST(ProxyTest, TransferIdsAreFreshUuid4) {
   std::set<std::string> ids;
   for (int i = 0; i < 1000; ++i) ids.insert(NewTransferId());
   EXPECT_EQ(ids.size(), 1000u);
-  EXPECT_EQ(ErrorJson(503, "x"), R"({"error":{"code":503,"message":"x","param":null,"type":"ServiceUnavailableError"}})");
+  EXPECT_EQ(ErrorJson(503, "x"),
+            R"({"error":{"code":503,"message":"x","param":null,"type":"ServiceUnavailableError"}})");
 }
 
 }  // namespace

@@ -14,7 +14,9 @@ std::string TrimSlash(std::string s) {
   while (!s.empty() && s.back() == '/') s.pop_back();
   return s;
 }
-std::string RoleName(Role r) { return r == Role::kPrefill ? "prefill" : "decode"; }
+std::string RoleName(Role r) {
+  return r == Role::kPrefill ? "prefill" : "decode";
+}
 }  // namespace
 
 Registry::Registry(const ProxyOptions& options, http::Client* client) : options_(options), client_(client) {
@@ -41,7 +43,9 @@ Registry::Registry(const ProxyOptions& options, http::Client* client) : options_
   state_.resize(instances_.size());
 }
 
-Registry::~Registry() { Stop(); }
+Registry::~Registry() {
+  Stop();
+}
 
 void Registry::Start() {
   thread_ = std::thread([this] {
@@ -53,8 +57,8 @@ void Registry::Start() {
       // starting (or restarted) joins within a fraction of a second, not a whole interval.
       bool all_healthy = true;
       for (const State& s : state_) all_healthy = all_healthy && s.healthy;
-      Duration wait = all_healthy ? options_.health_interval
-                                  : std::min<Duration>(options_.health_interval, kRecheckDown);
+      Duration wait =
+          all_healthy ? options_.health_interval : std::min<Duration>(options_.health_interval, kRecheckDown);
       Deadline next = Deadline::After(wait);
       while (!stop_ && !next.Expired()) cv_.WaitUntil(mu_, next);
       if (stop_) return;
@@ -209,7 +213,8 @@ void Registry::MarkDown(Instance* instance, const Status& why) {
   for (size_t i = 0; i < instances_.size(); ++i) {
     if (instances_[i].get() != instance) continue;
     if (state_[i].healthy) {
-      KVF_LOG_WARN("proxy: {} instance {} out of rotation: {}", RoleName(instance->role), instance->url, why.ToString());
+      KVF_LOG_WARN("proxy: {} instance {} out of rotation: {}", RoleName(instance->role), instance->url,
+                   why.ToString());
     }
     state_[i].healthy = false;
     state_[i].last_error = why.ToString();
@@ -224,7 +229,9 @@ bool Registry::AllPrefillersKnown() const {
   return true;
 }
 
-bool Registry::Ready() const { return NotReadyReason().empty(); }
+bool Registry::Ready() const {
+  return NotReadyReason().empty();
+}
 
 bool Registry::WaitReady(const Deadline& deadline) const {
   for (;;) {
@@ -268,12 +275,16 @@ void Registry::AppendMetrics(std::string* out) const {
   *out += "# HELP kvferry_proxy_upstream_requests_total Legs sent to the instance.\n";
   *out += "# TYPE kvferry_proxy_upstream_requests_total counter\n";
   for (const auto& i : instances_) {
-    *out += fmt::format("kvferry_proxy_upstream_requests_total{{{}}} {}\n", label(*i), i->requests.load(std::memory_order_relaxed));
+    *out += fmt::format("kvferry_proxy_upstream_requests_total{{{}}} {}\n", label(*i),
+                        i->requests.load(std::memory_order_relaxed));
   }
-  *out += "# HELP kvferry_proxy_upstream_errors_total Legs to the instance that failed (transport error, timeout or 5xx).\n";
+  *out +=
+      "# HELP kvferry_proxy_upstream_errors_total Legs to the instance that failed (transport error, timeout or "
+      "5xx).\n";
   *out += "# TYPE kvferry_proxy_upstream_errors_total counter\n";
   for (const auto& i : instances_) {
-    *out += fmt::format("kvferry_proxy_upstream_errors_total{{{}}} {}\n", label(*i), i->errors.load(std::memory_order_relaxed));
+    *out += fmt::format("kvferry_proxy_upstream_errors_total{{{}}} {}\n", label(*i),
+                        i->errors.load(std::memory_order_relaxed));
   }
 }
 

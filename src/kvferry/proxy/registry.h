@@ -24,8 +24,8 @@ enum class Role { kPrefill, kDecode };
 
 struct Instance {
   Role role = Role::kDecode;
-  std::string url;             // base URL, no trailing slash
-  std::string bootstrap_url;   // prefill only: "http://HOST:PORT" (also the remote_bootstrap_addr)
+  std::string url;            // base URL, no trailing slash
+  std::string bootstrap_url;  // prefill only: "http://HOST:PORT" (also the remote_bootstrap_addr)
   // Counters for /metrics (relaxed: nothing else is published through them).
   std::atomic<int64_t> requests{0};
   std::atomic<int64_t> errors{0};
@@ -67,7 +67,7 @@ class Registry {
  private:
   struct State {
     bool healthy = false;
-    bool known = false;  // prefill: dp ranks learned from /query
+    bool known = false;                                  // prefill: dp ranks learned from /query
     std::vector<std::pair<int64_t, std::string>> ranks;  // dp_rank → engine_id
     std::string last_error;
     int timeouts = 0;  // health checks in a row that timed out

@@ -20,7 +20,9 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string Dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 struct Choice {
   Choice(const tokenizer::Tokenizer& tok, const GenerateRequest& g)
@@ -28,12 +30,12 @@ struct Choice {
   std::string engine_id;
   tokenizer::IncrementalDetokenizer detok;
   StopMatcher stop;
-  std::string text;                         // released text (non-streaming answer)
-  std::vector<int32_t> tokens;              // counted completion tokens
-  std::vector<engine::TokenLogprob> lps;    // non-streaming answer
-  int64_t text_offset = 0;                  // completions logprobs.text_offset
-  bool done = false;                        // nothing more goes to the client
-  bool final = false;                       // the engine's last output arrived
+  std::string text;                       // released text (non-streaming answer)
+  std::vector<int32_t> tokens;            // counted completion tokens
+  std::vector<engine::TokenLogprob> lps;  // non-streaming answer
+  int64_t text_offset = 0;                // completions logprobs.text_offset
+  bool done = false;                      // nothing more goes to the client
+  bool final = false;                     // the engine's last output arrived
   engine::FinishReason reason = engine::FinishReason::kNone;
   Status error;
   double last_time = -1;
@@ -99,7 +101,9 @@ void Emit(Call& c, std::string bytes) KVF_REQUIRES(c.mu) {
   }
 }
 
-std::string Sse(const json& j) { return "data: " + Dump(j) + "\n\n"; }
+std::string Sse(const json& j) {
+  return "data: " + Dump(j) + "\n\n";
+}
 
 const char* FinishName(engine::FinishReason r) {
   return r == engine::FinishReason::kNone ? nullptr : engine::FinishReasonName(r);
@@ -219,12 +223,9 @@ void Finish(Call& c) KVF_REQUIRES(c.mu) {
     }
     choices.push_back(std::move(choice));
   }
-  json j = {{"id", c.id},
-            {"object", c.chat() ? "chat.completion" : "text_completion"},
-            {"created", c.created},
-            {"model", c.model},
-            {"choices", choices},
-            {"usage", Usage(c)}};
+  json j = {{"id", c.id},           {"object", c.chat() ? "chat.completion" : "text_completion"},
+            {"created", c.created}, {"model", c.model},
+            {"choices", choices},   {"usage", Usage(c)}};
   c.resp->Respond(200, "application/json", Dump(j), c.headers);
 }
 
@@ -316,8 +317,9 @@ void AbortCall(Call& c) {
 
 StatusOr<std::string> RenderChat(const Shared& s, const GenerateRequest& r) {
   if (s.o.chat_template == nullptr)
-    return InvalidArgumentError("this model has no chat template (tokenizer_config.json has no chat_template); use "
-                                "/v1/completions");
+    return InvalidArgumentError(
+        "this model has no chat template (tokenizer_config.json has no chat_template); use "
+        "/v1/completions");
   tokenizer::ChatRenderOptions ro;
   ro.add_generation_prompt = r.add_generation_prompt;
   ro.tools_json = r.tools_json;
@@ -389,9 +391,12 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   const int64_t plen = static_cast<int64_t>(prompt.size());
   const char* prompt_param = kind == GenerateRequest::Kind::kChat ? "messages" : "prompt";
   if (plen >= max_len) return fail(LengthError(max_len, plen, std::nullopt, &param), prompt_param);
-  if (g.max_tokens && plen + *g.max_tokens > max_len) return fail(LengthError(max_len, plen, g.max_tokens, &param), "max_tokens");
+  if (g.max_tokens && plen + *g.max_tokens > max_len)
+    return fail(LengthError(max_len, plen, g.max_tokens, &param), "max_tokens");
   const int64_t room = max_len - plen;
-  const int64_t max_tokens = g.max_tokens ? *g.max_tokens : kind == GenerateRequest::Kind::kChat ? room : std::min<int64_t>(16, room);
+  const int64_t max_tokens = g.max_tokens                           ? *g.max_tokens
+                             : kind == GenerateRequest::Kind::kChat ? room
+                                                                    : std::min<int64_t>(16, room);
 
   engine::SamplingParams sp;
   sp.temperature = g.temperature;
@@ -492,8 +497,10 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
       if (c.chat()) {
         for (int i = 0; i < n; ++i) {
           json j = ChunkHead(c);
-          j["choices"] = json::array(
-              {{{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+          j["choices"] = json::array({{{"index", i},
+                                       {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                       {"logprobs", nullptr},
+                                       {"finish_reason", nullptr}}});
           Emit(c, Sse(j));
         }
       }

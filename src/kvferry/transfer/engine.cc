@@ -19,13 +19,16 @@
 
 namespace kvferry::transfer {
 
-std::string_view ProtocolName(Protocol p) { return p == Protocol::kShm ? "shm" : "tcp"; }
+std::string_view ProtocolName(Protocol p) {
+  return p == Protocol::kShm ? "shm" : "tcp";
+}
 
 StatusOr<Protocol> ParseProtocol(std::string_view name) {
   if (name == "tcp") return Protocol::kTcp;
   if (name == "shm") return Protocol::kShm;
   if (name == "rdma") {
-    return UnavailableError("transfer protocol 'rdma' is not available in this build (no RDMA transport); use tcp or shm");
+    return UnavailableError(
+        "transfer protocol 'rdma' is not available in this build (no RDMA transport); use tcp or shm");
   }
   return InvalidArgumentError(fmt::format("unknown transfer protocol '{}' (available: tcp, shm)", name));
 }
@@ -104,16 +107,16 @@ class TransferEngineImpl final : public TransferEngine {
     so.shm_path = fmt::format("{}/kvferry-shm-{}-{}.sock", tmp && *tmp ? tmp : "/tmp", getpid(), RandomToken());
     so.secret = secret_;
     so.handshake_timeout = options_.handshake_timeout;
-    server_ = std::make_unique<Server>(so, &registry_, [this] { return DescriptorJson(); }, &server_counters_);
+    server_ = std::make_unique<Server>(
+        so, &registry_, [this] { return DescriptorJson(); }, &server_counters_);
     Status s = server_->Bind();
     if (!s.ok()) return s.WithContext(fmt::format("transfer engine listening on {}", listen));
     // Everything DescriptorJson reads is set before the first connection is served.
     shm_path_ = so.shm_path;
     segment_name_ = wire::JoinHostPort(local_host_, server_->handshake_port());
     server_->Serve();
-    KVF_LOG_INFO("transfer: engine {} up (protocol {}, data port {}, listening on {}, {} lanes/peer)",
-                 segment_name_, ProtocolName(options_.protocol), server_->data_port(), listen,
-                 options_.lanes_per_peer);
+    KVF_LOG_INFO("transfer: engine {} up (protocol {}, data port {}, listening on {}, {} lanes/peer)", segment_name_,
+                 ProtocolName(options_.protocol), server_->data_port(), listen, options_.lanes_per_peer);
     if (secret_.empty()) {
       KVF_LOG_WARN(
           "transfer: no secret configured (KVFERRY_TRANSFER_SECRET): registered memory is readable and writable by "
@@ -123,12 +126,22 @@ class TransferEngineImpl final : public TransferEngine {
     return Status::Ok();
   }
 
-  const std::string& segment_name() const override { return segment_name_; }
-  uint16_t data_port() const override { return server_->data_port(); }
-  Protocol protocol() const override { return options_.protocol; }
+  const std::string& segment_name() const override {
+    return segment_name_;
+  }
+  uint16_t data_port() const override {
+    return server_->data_port();
+  }
+  Protocol protocol() const override {
+    return options_.protocol;
+  }
 
-  Status RegisterMemory(void* addr, size_t length) override { return registry_.Register(addr, length); }
-  Status UnregisterMemory(void* addr) override { return registry_.Unregister(addr); }
+  Status RegisterMemory(void* addr, size_t length) override {
+    return registry_.Register(addr, length);
+  }
+  Status UnregisterMemory(void* addr) override {
+    return registry_.Unregister(addr);
+  }
 
   StatusOr<SegmentHandle> OpenSegment(std::string_view name) override {
     Segment* seg = nullptr;
@@ -312,8 +325,8 @@ class TransferEngineImpl final : public TransferEngine {
   StatusOr<PeerTarget> Handshake(Segment* seg) {
     MutexLock l(seg->mu);
     handshakes_.fetch_add(1, std::memory_order_relaxed);
-    StatusOr<wire::Descriptor> d = FetchDescriptor(seg->host, seg->port, DescriptorJson(), secret_,
-                                                   Deadline::After(options_.handshake_timeout));
+    StatusOr<wire::Descriptor> d =
+        FetchDescriptor(seg->host, seg->port, DescriptorJson(), secret_, Deadline::After(options_.handshake_timeout));
     if (!d.ok()) return d.status().WithContext(fmt::format("handshake with segment {}", seg->name));
     KVF_ASSIGN_OR_RETURN(auto data_host, wire::SplitHostPort(d->name));
     seg->info.name = d->name;

@@ -84,7 +84,6 @@ class Server {
   void AcquireServedAccesses() const { (void)access_order_.load(std::memory_order_acquire); }
 
  private:
-
   Mutex mu_;
   bool stopping_ KVF_GUARDED_BY(mu_) = false;
   std::list<std::unique_ptr<Conn>> conns_ KVF_GUARDED_BY(mu_);

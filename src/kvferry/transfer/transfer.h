@@ -107,8 +107,8 @@ struct RemoteBuffer {
 };
 
 struct SegmentInfo {
-  std::string name;         // the descriptor's "name"
-  std::string data_host;    // host data connections go to
+  std::string name;       // the descriptor's "name"
+  std::string data_host;  // host data connections go to
   uint16_t data_port = 0;
   int tcp_proto_version = 1;
   bool kvferry_peer = false;  // speaks kvferry's extensions (pipelining, shm, auth)
@@ -116,12 +116,12 @@ struct SegmentInfo {
 };
 
 // Latency histogram buckets (microseconds, upper bounds; the last is +Inf).
-inline constexpr std::array<double, 14> kLatencyBucketsUs = {
-    10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000, 10000000};
+inline constexpr std::array<double, 14> kLatencyBucketsUs = {10,   50,    100,   250,   500,    1000,    2500,
+                                                             5000, 10000, 25000, 50000, 100000, 1000000, 10000000};
 
 struct TransferStats {
-  uint64_t bytes_written = 0;     // initiator: WRITE bytes acknowledged
-  uint64_t bytes_read = 0;        // initiator: READ bytes received
+  uint64_t bytes_written = 0;  // initiator: WRITE bytes acknowledged
+  uint64_t bytes_read = 0;     // initiator: READ bytes received
   uint64_t batches_submitted = 0;
   uint64_t batches_done = 0;
   uint64_t batches_failed = 0;
