@@ -141,6 +141,7 @@ int RunModelBench(const ModelArgs& a) {
   if (a.json) {
     nlohmann::json j = {{"model", a.dir},
                         {"engine", m.Describe()},
+                        {"weights", m.DescribeWeightMemory()},
                         {"threads", threads},
                         {"batch", a.batch},
                         {"prompt_len", a.prompt_len},
@@ -163,6 +164,7 @@ int RunModelBench(const ModelArgs& a) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("model:    %s\n", m.Describe().c_str());
+    std::printf("weights:  %s\n", m.DescribeWeightMemory().c_str());
     std::printf("prefill:  %lld x %lld tokens in %.3f s = %.1f tok/s\n", static_cast<long long>(a.batch),
                 static_cast<long long>(a.prompt_len), prefill_s, prefill_tok_s);
     std::printf("decode:   %lld x %lld tokens in %.3f s = %.2f tok/s\n", static_cast<long long>(a.batch),

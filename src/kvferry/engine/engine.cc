@@ -242,6 +242,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   if (options.max_model_len < 0) return InvalidArgumentError("max_model_len must be >= 0");
   KVF_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Load(options.model_dir, options.load));
   const model::ModelConfig& c = model->config();
+  KVF_LOG_INFO("engine: {}", model->Describe());
+  KVF_LOG_INFO("engine: weights {}", model->DescribeWeightMemory());
   int64_t max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   if (max_model_len <= 1) return InvalidArgumentError("max_model_len must be > 1");
 

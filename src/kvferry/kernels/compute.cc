@@ -57,9 +57,11 @@ struct Compute::Impl {
       fn(0, n);
       return;
     }
-    const int nt = size();
-    team->Run([&](int t) {
-      const int64_t b = n * t / nt, e = n * (t + 1) / nt;
+    // A few parts per thread, handed out dynamically (a thread that lost its core holds up
+    // one part, not half the work).
+    const int64_t parts = std::min<int64_t>(n, 4 * size());
+    team->RunParts(parts, [&](int, int64_t p) {
+      const int64_t b = n * p / parts, e = n * (p + 1) / parts;
       if (b < e) fn(b, e);
     });
   }
@@ -128,13 +130,25 @@ struct RowCursor {
 
 void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   int64_t total = 0;
-  for (const auto& o : outs) total += o.w.rows;
-  const int nt = size();
+  bool all_bf16 = true;
+  for (const auto& o : outs) {
+    total += o.w.rows;
+    all_bf16 = all_bf16 && o.w.dtype == DType::kBF16;
+  }
+  const int64_t k = outs[0].w.cols;
+  // AVX512_BF16: x rounded to bf16 once, then vdpbf16ps against the weights as stored.
+  const bool bf16_dot = all_bf16 && isa >= Isa::kAvx512Bf16;
+  if (bf16_dot) {
+    x_bf16.resize(static_cast<size_t>(m * k));
+    for (int64_t r = 0; r < m; ++r) table->from_f32(x + r * ldx, k, DType::kBF16, &x_bf16[r * k]);
+  }
   const RowCursor cursor{outs};
-  team->Run([&](int t) {
-    // Split in units of 4 rows so that the 4-row kernel blocks stay whole.
-    const int64_t units = (total + 3) / 4;
-    int64_t b = units * t / nt * 4, e = units * (t + 1) / nt * 4;
+  // Parts of whole 4-row units (the kernels' row blocks), about 8 per thread, claimed
+  // dynamically by the team.
+  const int64_t units = (total + 3) / 4;
+  const int64_t parts = std::min<int64_t>(units, 8 * size());
+  team->RunParts(parts, [&](int, int64_t p) {
+    int64_t b = units * p / parts * 4, e = units * (p + 1) / parts * 4;
     if (e > total) e = total;
     while (b < e) {
       size_t oi;
@@ -145,6 +159,10 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<c
       const int64_t ldy = Ldy(o);
       for (int64_t jb = row; jb < rend; jb += kGemvBlock) {
         const int64_t je = std::min(rend, jb + kGemvBlock);
+        if (bf16_dot) {
+          avx512bf16::GemvBf16(x_bf16.data(), m, k, static_cast<const uint16_t*>(o.w.data), k, jb, je, o.y, ldy);
+          continue;
+        }
         for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
           table->gemv(x + r0 * ldx, std::min(kGemvMaxRows, m - r0), ldx, o.w.data, o.w.dtype, o.w.cols, jb, je,
                       o.y + r0 * ldy, ldy);
@@ -168,18 +186,24 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
     ParallelFor(m, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) table->from_f32(x + r * ldx, k, DType::kBF16, &x_bf16[r * k]);
     });
+    // Each output in tiles of equal row counts (one oneDNN primitive shape per output, cached
+    // per thread), two per thread, handed out dynamically.
+    std::vector<RowTile> tiles;
+    for (size_t oi = 0; oi < outs.size(); ++oi) {
+      const int64_t rows = outs[oi].w.rows;
+      const int64_t per = std::max<int64_t>(16, ((rows + 2 * nt - 1) / (2 * nt) + 15) / 16 * 16);
+      for (int64_t n0 = 0; n0 < rows; n0 += per) tiles.push_back({oi, n0, std::min(rows, n0 + per)});
+    }
     std::atomic<bool> failed{false};
-    team->Run([&](int t) {
-      for (const auto& o : outs) {
-        const int64_t n0 = o.w.rows * t / nt, n1 = o.w.rows * (t + 1) / nt;
-        if (n0 >= n1) continue;
-        const uint16_t* w = static_cast<const uint16_t*>(o.w.data) + n0 * k;
-        if (!lib->MatMulBf16(t, x_bf16.data(), m, k, w, n1 - n0, k, o.y + n0, Ldy(o))) {
-          failed = true;
-          continue;
-        }
-        AddBias(o.bias, m, n0, n1, o.y, Ldy(o));
+    team->RunParts(static_cast<int64_t>(tiles.size()), [&](int t, int64_t i) {
+      const auto& [oi, n0, n1] = tiles[i];
+      const MatMulOutput& o = outs[oi];
+      const uint16_t* w = static_cast<const uint16_t*>(o.w.data) + n0 * k;
+      if (!lib->MatMulBf16(t, x_bf16.data(), m, k, w, n1 - n0, k, o.y + n0, Ldy(o))) {
+        failed = true;
+        return;
       }
+      AddBias(o.bias, m, n0, n1, o.y, Ldy(o));
     });
     if (!failed) return;
     // Fall through: recompute everything with the f32 path.
@@ -193,25 +217,25 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
   }
 
   // f32 GEMM on weight tiles of up to kGemmTile rows, converted to f32.
-  const auto work = SplitRows(outs, nt, 16, kGemmTile);
-  team->Run([&](int t) {
-    for (const auto& [oi, n0, n1] : work[t]) {
-      const MatMulOutput& o = outs[oi];
-      const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
-      const char* wsrc = static_cast<const char*>(o.w.data) + n0 * k * esize;
-      float* buf = Scratch(t, static_cast<size_t>(kGemmTile * k + 16 * k));
-      const float* wf;
-      if (o.w.dtype == DType::kF32) {
-        wf = reinterpret_cast<const float*>(wsrc);
-      } else {
-        table->to_f32(wsrc, o.w.dtype, (n1 - n0) * k, buf);
-        wf = buf;
-      }
-      const int64_t ldy = Ldy(o);
-      if (lib == nullptr || !lib->MatMulF32(t, x, m, ldx, wf, n1 - n0, k, o.y + n0, ldy))
-        table->gemm_f32(x, m, ldx, wf, k, n1 - n0, o.y + n0, ldy, buf + kGemmTile * k);
-      AddBias(o.bias, m, n0, n1, o.y, ldy);
+  std::vector<RowTile> tiles;
+  for (const auto& share : SplitRows(outs, 2 * nt, 16, kGemmTile)) tiles.insert(tiles.end(), share.begin(), share.end());
+  team->RunParts(static_cast<int64_t>(tiles.size()), [&](int t, int64_t i) {
+    const auto& [oi, n0, n1] = tiles[i];
+    const MatMulOutput& o = outs[oi];
+    const int64_t esize = static_cast<int64_t>(DTypeSize(o.w.dtype));
+    const char* wsrc = static_cast<const char*>(o.w.data) + n0 * k * esize;
+    float* buf = Scratch(t, static_cast<size_t>(kGemmTile * k + 16 * k));
+    const float* wf;
+    if (o.w.dtype == DType::kF32) {
+      wf = reinterpret_cast<const float*>(wsrc);
+    } else {
+      table->to_f32(wsrc, o.w.dtype, (n1 - n0) * k, buf);
+      wf = buf;
     }
+    const int64_t ldy = Ldy(o);
+    if (lib == nullptr || !lib->MatMulF32(t, x, m, ldx, wf, n1 - n0, k, o.y + n0, ldy))
+      table->gemm_f32(x, m, ldx, wf, k, n1 - n0, o.y + n0, ldy, buf + kGemmTile * k);
+    AddBias(o.bias, m, n0, n1, o.y, ldy);
   });
 }
 
@@ -224,14 +248,19 @@ void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<co
   ParallelFor(nblk, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) avx512::GemmPackX(x, m, ldx, k, i * B, &xt[i * k * B]);
   });
-  const auto work = SplitRows(outs, nt, P, P);  // whole panels
+  // Whole panels, in groups of consecutive panels (about 4 groups per thread) handed out
+  // dynamically.
+  const std::vector<RowTile> panels = SplitRows(outs, 1, P, P)[0];
+  const int64_t group = std::max<int64_t>(1, (static_cast<int64_t>(panels.size()) + 4 * nt - 1) / (4 * nt));
+  const int64_t ngroups = (static_cast<int64_t>(panels.size()) + group - 1) / group;
   // Token blocks per pass: their packed x (k * kGemmTokens floats each) stays in L2 while the
   // thread's panels go by; each panel slice, widened once per pass, sits in L1 and meets every
   // block of the pass, and the panel's partial tiles stay in L1 too.
   constexpr int64_t Kc = avx512::kGemmKc;
   const int64_t mc = std::clamp<int64_t>((kGemmPassBytes / 4) / (k * B), 1, nblk);
-  team->Run([&](int t) {
-    const auto& mine = work[t];
+  team->RunParts(ngroups, [&](int t, int64_t gi) {
+    const std::span<const RowTile> mine(panels.data() + gi * group,
+                                        std::min<size_t>(group, panels.size() - gi * group));
     const size_t tile = static_cast<size_t>(P * B);
     float* wp = Scratch(t, static_cast<size_t>(P * Kc) + tile * static_cast<size_t>(mc));
     float* ct = wp + P * Kc;  // [block in pass] tiles of the current panel
@@ -340,7 +369,8 @@ StatusOr<std::unique_ptr<Compute>> Compute::Create(const ComputeOptions& options
   if (n < 0 || n > 1024) return InvalidArgumentError("num_threads must be in [0, 1024]");
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   auto impl = std::make_unique<Impl>();
-  impl->isa = std::min(DetectIsa(), options.max_isa);
+  KVF_ASSIGN_OR_RETURN(const Isa selected, SelectedIsa());
+  impl->isa = std::min(selected, options.max_isa);
   impl->table = &TableFor(impl->isa);
   if (options.use_gemm_library) impl->lib = GemmLibrary::Create(n);
   impl->bf16_gemm = impl->isa >= Isa::kAvx512Bf16 || options.force_bf16_gemm;
@@ -364,6 +394,16 @@ std::string Compute::Describe() const {
     s += "oneDNN bf16";
   } else {
     s += "oneDNN f32 (bf16/f16 weights widened per tile)";
+  }
+  s += " gemv=";
+  if (impl_->isa >= Isa::kAvx512Bf16) {
+    s += "AVX512-BF16 vdpbf16ps for bf16 weights (activations rounded to bf16)";
+  } else if (impl_->isa >= Isa::kAvx512) {
+    s += "AVX-512 (bf16/f16 widened in registers)";
+  } else if (impl_->isa >= Isa::kAvx2) {
+    s += "AVX2 (bf16/f16 widened in registers)";
+  } else {
+    s += "scalar";
   }
   return s;
 }
@@ -453,40 +493,35 @@ void Compute::PagedAttentionImpl(const AttentionArgs& args) {
     const auto& b = items[y];
     return args.sequences[a.seq].start_pos + a.i1 > args.sequences[b.seq].start_pos + b.i1;
   });
-  std::atomic<size_t> next{0};  // work queue index; relaxed: items are independent
-  impl_->team->Run([&](int t) {
-    for (;;) {
-      const size_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= order.size()) return;
-      const Item& it = items[order[i]];
-      const AttentionSequence& seq = args.sequences[it.seq];
-      if (!tile) {
-        impl_->AttentionItem(t, args, seq, it.g, it.i0, it.i1);
-        continue;
-      }
-      const int64_t ld = args.num_heads * args.head_dim;
-      AttentionTileArgs ta;
-      ta.q = args.q + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
-      ta.ldq = ld;
-      ta.out = args.out + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
-      ta.ldo = ld;
-      ta.n_queries = it.i1 - it.i0;
-      ta.group = group;
-      ta.head_dim = args.head_dim;
-      ta.first_pos = seq.start_pos + it.i0;
-      ta.n_keys = seq.start_pos + it.i1;
-      ta.scale = args.scale;
-      ta.kv_base = args.kv.base;
-      ta.kv_dtype = args.kv.dtype;
-      ta.block_bytes = args.kv.block_bytes;
-      ta.block_size = args.kv.block_size;
-      ta.k_offset = args.kv.k_offset + it.g * args.kv.head_stride;
-      ta.v_offset = args.kv.v_offset + it.g * args.kv.head_stride;
-      ta.block_table = seq.block_table;
-      float* scratch = impl_->Scratch(
-          t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
-      avx512::AttentionTile(ta, scratch);
+  impl_->team->RunParts(static_cast<int64_t>(order.size()), [&](int t, int64_t i) {
+    const Item& it = items[order[i]];
+    const AttentionSequence& seq = args.sequences[it.seq];
+    if (!tile) {
+      impl_->AttentionItem(t, args, seq, it.g, it.i0, it.i1);
+      return;
     }
+    const int64_t ld = args.num_heads * args.head_dim;
+    AttentionTileArgs ta;
+    ta.q = args.q + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
+    ta.ldq = ld;
+    ta.out = args.out + (seq.row0 + it.i0) * ld + it.g * group * args.head_dim;
+    ta.ldo = ld;
+    ta.n_queries = it.i1 - it.i0;
+    ta.group = group;
+    ta.head_dim = args.head_dim;
+    ta.first_pos = seq.start_pos + it.i0;
+    ta.n_keys = seq.start_pos + it.i1;
+    ta.scale = args.scale;
+    ta.kv_base = args.kv.base;
+    ta.kv_dtype = args.kv.dtype;
+    ta.block_bytes = args.kv.block_bytes;
+    ta.block_size = args.kv.block_size;
+    ta.k_offset = args.kv.k_offset + it.g * args.kv.head_stride;
+    ta.v_offset = args.kv.v_offset + it.g * args.kv.head_stride;
+    ta.block_table = seq.block_table;
+    float* scratch = impl_->Scratch(
+        t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
+    avx512::AttentionTile(ta, scratch);
   });
 }
 

@@ -3,12 +3,14 @@
 #if KVFERRY_HAVE_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
 #include <vector>
 
 #include "kvferry/base/base.h"
+#include "kvferry/kernels/kernels.h"
 
 extern "C" void omp_set_num_threads(int);
 
@@ -97,7 +99,39 @@ class DnnlGemm final : public GemmLibrary {
 
 }  // namespace
 
+namespace {
+
+// With KVFERRY_ISA set, oneDNN is held to the same level (once per process, before its first
+// primitive), so that side-by-side figures of a lower level do not use oneDNN's best kernels.
+void LimitDnnlIsa() {
+  static const bool done = [] {
+    const char* env = std::getenv("KVFERRY_ISA");
+    if (env == nullptr || *env == '\0' || std::getenv("DNNL_MAX_CPU_ISA") != nullptr) return true;
+    auto isa = SelectedIsa();
+    if (!isa.ok()) return true;
+    dnnl::cpu_isa cap = dnnl::cpu_isa::all;
+    switch (*isa) {
+      case Isa::kScalar: cap = dnnl::cpu_isa::sse41; break;
+      case Isa::kAvx2: cap = dnnl::cpu_isa::avx2; break;
+      case Isa::kAvx512: cap = dnnl::cpu_isa::avx512_core; break;
+      case Isa::kAvx512Vnni: cap = dnnl::cpu_isa::avx512_core_vnni; break;
+      case Isa::kAvx512Bf16: cap = dnnl::cpu_isa::avx512_core_bf16; break;
+      case Isa::kAmxBf16: cap = dnnl::cpu_isa::all; break;
+    }
+    try {
+      dnnl::set_max_cpu_isa(cap);
+    } catch (const dnnl::error& err) {
+      KVF_LOG_WARN("oneDNN: cannot limit its ISA to KVFERRY_ISA={}: {}", env, err.what());
+    }
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace
+
 std::unique_ptr<GemmLibrary> GemmLibrary::Create(int num_threads) {
+  LimitDnnlIsa();
   try {
     return std::make_unique<DnnlGemm>(num_threads);
   } catch (const dnnl::error& err) {

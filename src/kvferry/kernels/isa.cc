@@ -5,7 +5,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "kvferry/kernels/kernel_table.h"
@@ -44,8 +47,10 @@ Isa DetectIsaUncached() {
   if (!(avx512f && avx512dq && avx512bw && avx512vl) || (xcr0 & 0xe0) != 0xe0) return Isa::kAvx2;
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
   __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+  const bool avx512_vnni = c & (1u << 11);
   const bool avx512_bf16 = a1 & (1u << 5);
-  if (!avx512_bf16) return Isa::kAvx512;
+  if (!avx512_vnni) return Isa::kAvx512;
+  if (!avx512_bf16) return Isa::kAvx512Vnni;
   if (amx_bf16 && amx_tile && (xcr0 & 0x60000) == 0x60000 && RequestAmxPermission())
     return Isa::kAmxBf16;
   return Isa::kAvx512Bf16;
@@ -82,15 +87,39 @@ const char* IsaName(Isa isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Vnni: return "avx512-vnni";
     case Isa::kAvx512Bf16: return "avx512-bf16";
-    case Isa::kAmxBf16: return "amx-bf16";
+    case Isa::kAmxBf16: return "amx";
   }
   return "?";
+}
+
+StatusOr<Isa> ParseIsa(std::string_view name) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kAvx512Bf16, Isa::kAmxBf16})
+    if (name == IsaName(isa)) return isa;
+  if (name == "amx-bf16") return Isa::kAmxBf16;
+  return InvalidArgumentError("unknown ISA level '" + std::string(name) +
+                              "' (want scalar, avx2, avx512, avx512-vnni, avx512-bf16 or amx)");
 }
 
 Isa DetectIsa() {
   static const Isa isa = DetectIsaUncached();
   return isa;
+}
+
+StatusOr<Isa> SelectedIsa() {
+  const char* env = std::getenv("KVFERRY_ISA");
+  if (env == nullptr || *env == '\0') return DetectIsa();
+  auto want = ParseIsa(env);
+  if (!want.ok()) return want.status().WithContext("KVFERRY_ISA");
+  if (*want > DetectIsa()) {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      KVF_LOG_WARN("KVFERRY_ISA={}: this CPU runs up to {}; using {}", env, IsaName(DetectIsa()),
+                   IsaName(DetectIsa()));
+    return DetectIsa();
+  }
+  return *want;
 }
 
 const KernelTable& TableFor(Isa isa) {
@@ -101,7 +130,10 @@ const KernelTable& TableFor(Isa isa) {
 }
 
 const KernelTable& BestTable() {
-  static const KernelTable& table = TableFor(DetectIsa());
+  static const KernelTable& table = [] {
+    auto isa = SelectedIsa();
+    return std::cref(TableFor(isa.ok() ? *isa : DetectIsa()));
+  }();
   return table;
 }
 

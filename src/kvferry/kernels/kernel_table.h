@@ -81,6 +81,9 @@ const KernelTable* GetTable();
 }
 namespace avx2 {
 const KernelTable* GetTable();
+// Hand-written AVX2 GEMV (gemv_avx2.cc).
+void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
+          float* y, int64_t ldy);
 }
 namespace avx512 {
 const KernelTable* GetTable();
@@ -109,5 +112,13 @@ int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);
 void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 void AttentionTile(const AttentionTileArgs& args, float* scratch);
 }  // namespace avx512
+namespace avx512bf16 {
+// x rows one pass of GemvBf16 keeps in registers.
+inline constexpr int64_t kBf16GemvMaxRows = 8;
+// y[r * ldy + j] = dot(x + r * ldx, row j of w) for r < m (any m), j in [n0, n1): x and w are
+// bf16, w is [rows][k]; f32 accumulation with vdpbf16ps (gemv_avx512bf16.cc).
+void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1,
+              float* y, int64_t ldy);
+}  // namespace avx512bf16
 
 }  // namespace kvferry::kernels

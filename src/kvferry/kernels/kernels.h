@@ -28,10 +28,22 @@ const char* DTypeName(DType dtype);  // "f32", "f16", "bf16"
 StatusOr<DType> ParseDType(std::string_view name);
 
 // Instruction-set levels, ordered: each implies the ones before it.
-enum class Isa : uint8_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmxBf16 = 4 };
+//   scalar       plain x86-64
+//   avx2         AVX2 + FMA + F16C (8-lane f32)
+//   avx512       AVX-512 F/BW/VL/DQ (16-lane f32)
+//   avx512-vnni  + AVX512_VNNI (int8 dot products, vpdpbusd)
+//   avx512-bf16  + AVX512_BF16 (bf16 dot products, vdpbf16ps)
+//   amx          + AMX-TILE/AMX-BF16 tiles (and the kernel's XTILEDATA permission)
+enum class Isa : uint8_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3, kAvx512Bf16 = 4, kAmxBf16 = 5 };
 const char* IsaName(Isa isa);
+// Parses the names above ("amx-bf16" also means amx).
+StatusOr<Isa> ParseIsa(std::string_view name);
 // What this CPU (and OS) supports. For AMX this includes the XTILEDATA permission.
 Isa DetectIsa();
+// The level the engine uses: DetectIsa(), lowered by the environment variable
+// KVFERRY_ISA=<level> (for tests and side-by-side figures; a level above the CPU's is lowered
+// to the CPU's with a warning). An unknown name is an error.
+StatusOr<Isa> SelectedIsa();
 // Whether the GEMM library (oneDNN) was compiled in. Sanitizer builds leave it out.
 bool HaveGemmLibrary();
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -131,7 +132,7 @@ Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& d
     for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
       decode_bytes += static_cast<uint64_t>(m->rows * m->cols) * kernels::DTypeSize(m->dtype);
   }
-  if (options.prefault) {
+  if (options.prefault && !weights->in_memory()) {
     uint64_t total = 0, done = 0;
     for (uint64_t s : sizes) total += s;
     Progress progress("loading " + dir, total, options.show_progress);
@@ -158,7 +159,16 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadO
   auto config = ParseModelConfig(text);
   if (!config.ok()) return config.status().WithContext(config_path);
   impl->config = *config;
-  auto weights = WeightFiles::Open(dir);
+  bool in_memory = options.weights_in_memory;
+  if (const char* e = std::getenv("KVFERRY_WEIGHTS"); e != nullptr && *e != '\0') {
+    const std::string v = e;
+    if (v == "mmap") {
+      in_memory = false;
+    } else if (v != "memory") {
+      return InvalidArgumentError("KVFERRY_WEIGHTS='" + v + "': want 'memory' (the default) or 'mmap'");
+    }
+  }
+  auto weights = WeightFiles::Open(dir, in_memory, options.show_progress);
   if (!weights.ok()) return weights.status();
   impl->weights = std::move(*weights);
   Status st = impl->LoadTensors(options, dir);
@@ -191,6 +201,14 @@ std::string Model::Describe() const {
          std::to_string(c.hidden_size) + ", heads " + std::to_string(c.num_heads) + "/" +
          std::to_string(c.num_kv_heads) + ", vocab " + std::to_string(c.vocab_size) + ", " +
          kernels::DTypeName(weight_dtype()) + " weights; " + impl_->compute->Describe();
+}
+
+std::string Model::DescribeWeightMemory() const {
+  const WeightFiles& w = *impl_->weights;
+  const uint64_t mb = w.total_bytes() >> 20;
+  if (!w.in_memory()) return std::to_string(mb) + " MB mapped from the files (KVFERRY_WEIGHTS=mmap)";
+  return std::to_string(mb) + " MB read into memory, " + std::to_string(w.huge_page_bytes() >> 20) +
+         " MB of it in 2 MiB pages";
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::CreateKvCache(const KvCacheOptions& options) const {

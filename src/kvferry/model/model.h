@@ -141,8 +141,13 @@ struct LoadOptions {
   int num_threads = 0;  // compute threads, the caller included; 0 = all cores
   kernels::Isa max_isa = kernels::Isa::kAmxBf16;
   bool use_gemm_library = true;
-  // Fault the weights in at load (with a progress line on a terminal when it takes a while),
-  // rather than during the first forward pass.
+  // Read the weight files into anonymous memory backed by 2 MiB pages (the default), rather
+  // than streaming them from the files' mappings: decode reads every weight once per token, and
+  // the page cache holds a just-written file in scattered 4 KiB pages. The environment variable
+  // KVFERRY_WEIGHTS=mmap turns it off.
+  bool weights_in_memory = true;
+  // When mapped: fault the weights in at load (with a progress line on a terminal when it takes
+  // a while), rather than during the first forward pass.
   bool prefault = true;
   bool show_progress = true;
 };
@@ -162,6 +167,8 @@ class Model {
   uint64_t decode_weight_bytes() const;
   // "Qwen2ForCausalLM 24 layers bf16, isa=... threads=2 gemm=..."
   std::string Describe() const;
+  // "988 MB read into memory, 986 MB in 2 MiB pages" or "988 MB mapped from the files".
+  std::string DescribeWeightMemory() const;
   // The compute team Forward runs on (its Profile shows where the time went).
   kernels::Compute& compute();
 

@@ -151,8 +151,8 @@ class ReferenceTest : public ::testing::Test {
   }
   static const RefResult& Ref(const std::string& key) { return refs_->at(key); }
 
-  static std::unique_ptr<Model> Load(Architecture a, DType dt) {
-    auto m = Model::Load(ModelDir(a, dt), {.num_threads = 2, .show_progress = false});
+  static std::unique_ptr<Model> Load(Architecture a, DType dt, kernels::Isa isa = kernels::Isa::kAmxBf16) {
+    auto m = Model::Load(ModelDir(a, dt), {.num_threads = 2, .max_isa = isa, .show_progress = false});
     EXPECT_TRUE(m.ok()) << m.status().ToString();
     return m.ok() ? std::move(*m) : nullptr;
   }
@@ -307,6 +307,42 @@ TEST_F(ReferenceTest, Bf16LogitsWithinToleranceOfF32Reference) {
       std::printf("[ bf16] %s n=%3d: max|d|/std = %.3f\n", ArchKey(arch).c_str(), n, r);
     }
   }
+}
+
+// Every ISA level this CPU runs (the kernels of each level, and the GEMM/GEMV paths they
+// choose) against the PyTorch reference: bf16 logits within tolerance and greedy agreement.
+TEST_F(ReferenceTest, EveryIsaLevelAgreesWithTheReference) {
+  using kernels::Isa;
+  int tested = 0;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kAvx512Bf16, Isa::kAmxBf16}) {
+    if (isa > kernels::DetectIsa()) {
+      std::printf("[ isa ] %s: not run on this CPU (it runs up to %s)\n", kernels::IsaName(isa),
+                  kernels::IsaName(kernels::DetectIsa()));
+      continue;
+    }
+    ++tested;
+    for (Architecture arch : kArchs) {
+      auto m = Load(arch, DType::kBF16, isa);
+      ASSERT_NE(m, nullptr);
+      ASSERT_EQ(m->compute().isa(), isa);
+      const int64_t V = m->config().vocab_size;
+      const std::string what = std::string(kernels::IsaName(isa)) + " " + ArchKey(arch);
+      for (int n : kPromptLens) {
+        auto cache = m->CreateKvCache({.num_blocks = 16, .dtype = DType::kBF16});
+        const auto toks = Prompt(n, n);
+        const std::vector<int32_t> bt = {3, 1, 4, 15, 9, 2, 6, 8};
+        SequenceInput in{toks, 0, bt, true};
+        ForwardOutput out;
+        ASSERT_TRUE(m->Forward({&in, 1}, **cache, &out).ok());
+        const double r = WorstRatio(out, 0, Ref(Key(arch, DType::kBF16, n, "normal")).logits, V, true);
+        EXPECT_LE(r, 0.05) << what << " n=" << n << " (" << m->Describe() << ")";
+        if (IsGreedyLen(n))
+          ExpectGreedyAgrees(Greedy(*m, toks, DType::kBF16), Ref(Key(arch, DType::kBF16, n, "normal")),
+                             what + " bf16 n=" + std::to_string(n));
+      }
+    }
+  }
+  EXPECT_GE(tested, 1);
 }
 
 TEST_F(ReferenceTest, TestModelsAreSensitive) {

@@ -1,11 +1,15 @@
 #include "kvferry/model/weights.h"
 
+#include "kvferry/model/progress.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -28,7 +32,33 @@ bool FileExists(const std::string& path) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+namespace {
+
+constexpr size_t kHugePage = 2u << 20;
+
+// Reads [0, size) of fd into dst, calling on_progress every kChunk bytes.
+Status ReadAll(int fd, const std::string& path, char* dst, size_t size,
+               const std::function<void(uint64_t)>& on_progress) {
+  constexpr size_t kChunk = 16u << 20;
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, dst + done, std::min(kChunk, size - done), static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "read " + path);
+    }
+    if (n == 0)
+      return DataLossError(path + ": file shrank while being read (" + std::to_string(done) + " of " +
+                           std::to_string(size) + " bytes)");
+    done += static_cast<size_t>(n);
+    if (on_progress) on_progress(done);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path, const FileLoadOptions& options) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, "open " + path);
   struct stat st;
@@ -40,6 +70,32 @@ StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) 
   auto f = std::unique_ptr<MappedFile>(new MappedFile());
   f->path_ = path;
   f->size_ = static_cast<size_t>(st.st_size);
+  f->in_memory_ = options.in_memory;
+  if (f->size_ > 0 && options.in_memory) {
+    // Over-allocate by one huge page and start the data on a 2 MiB boundary, so the kernel can
+    // back all of it with huge pages as the read first touches it.
+    const size_t span = (f->size_ + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+    void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      return ErrnoToStatus(err, "allocate " + std::to_string(f->size_ >> 20) + " MB for " + path);
+    }
+    f->region_ = p;
+    f->region_size_ = span;
+    const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1);
+    char* data = reinterpret_cast<char*>(aligned);
+    // Without transparent huge pages (THP "never") this fails and the memory stays in 4 KiB
+    // pages; it still holds the weights contiguously, away from the page cache's layout.
+    (void)::madvise(data, span - (aligned - reinterpret_cast<uintptr_t>(p)), MADV_HUGEPAGE);
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    f->data_ = data;
+    Status st_read = ReadAll(fd, path, data, f->size_, options.on_progress);
+    ::close(fd);
+    if (!st_read.ok()) return st_read;  // the destructor unmaps
+    ::mprotect(f->region_, f->region_size_, PROT_READ);
+    return f;
+  }
   if (f->size_ > 0) {
     void* p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -48,16 +104,40 @@ StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) 
       return ErrnoToStatus(err, "mmap " + path);
     }
     f->data_ = static_cast<const char*>(p);
+    f->region_ = p;
+    f->region_size_ = f->size_;
   }
   ::close(fd);
   return f;
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
+  if (region_ != nullptr) ::munmap(region_, region_size_);
 }
 
-StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir) {
+uint64_t MappedFile::HugePageBytes() const {
+  if (!in_memory_ || data_ == nullptr) return 0;
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(region_), hi = lo + region_size_;
+  bool inside = false;
+  uint64_t kb = 0;
+  for (int lines = 0; lines < 1000000 && std::getline(in, line); ++lines) {
+    unsigned long long a = 0, b = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx ", &a, &b) == 2 && line.find(':') > line.find(' ')) {
+      // A mapping's first line: "start-end perms offset dev inode path". (Field lines are
+      // "Name:   value", with the colon before the first space.)
+      inside = a < hi && b > lo;
+      continue;
+    }
+    unsigned long long v = 0;
+    if (inside && std::sscanf(line.c_str(), "AnonHugePages: %llu kB", &v) == 1) kb += v;
+  }
+  return std::min<uint64_t>(kb << 10, size_);
+}
+
+StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir, bool in_memory,
+                                                        bool show_progress) {
   auto w = std::unique_ptr<WeightFiles>(new WeightFiles());
   const std::string index_path = dir + "/model.safetensors.index.json";
   std::vector<std::string> shards;
@@ -88,11 +168,23 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir)
   } else {
     return NotFoundError(dir + ": no model.safetensors or model.safetensors.index.json");
   }
+  uint64_t total = 0;
   for (const auto& shard : shards) {
     const std::string path = dir + "/" + shard;
-    if (!FileExists(path))
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0)
       return NotFoundError(path + ": shard listed in model.safetensors.index.json is missing");
-    KVF_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
+    total += static_cast<uint64_t>(st.st_size);
+  }
+  Progress progress("loading " + dir, total, show_progress && in_memory);
+  uint64_t before = 0;
+  for (const auto& shard : shards) {
+    const std::string path = dir + "/" + shard;
+    FileLoadOptions fo;
+    fo.in_memory = in_memory;
+    fo.on_progress = [&](uint64_t done) { progress.Update(before + done); };
+    KVF_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path, fo));
+    before += file->size();
     auto header = ParseSafetensorsHeader(std::string_view(file->data(), file->size()));
     if (!header.ok()) return header.status().WithContext(path);
     const size_t idx = w->files_.size();
@@ -135,6 +227,18 @@ StatusOr<TensorView> WeightFiles::Get(const std::string& name,
   v.shape = shape;
   v.bytes = e.info.end - e.info.begin;
   return v;
+}
+
+uint64_t WeightFiles::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : files_) n += f->size();
+  return n;
+}
+
+uint64_t WeightFiles::huge_page_bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : files_) n += f->HugePageBytes();
+  return n;
 }
 
 void WeightFiles::Prefault(const void* p, uint64_t bytes) {

@@ -3,6 +3,7 @@
 // lookup with shape/dtype checks whose errors name the file and the tensor.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,20 +15,38 @@
 
 namespace kvferry::model {
 
-// A read-only private mapping of a whole file.
+// How a model file's bytes are held in memory.
+struct FileLoadOptions {
+  // true: read the whole file into anonymous memory that asks for 2 MiB pages (MADV_HUGEPAGE),
+  // then make it read-only. Decode streams every weight once per token, and a file's page-cache
+  // pages are 4 KiB pieces where the kernel wrote them (a just-written or just-downloaded file
+  // decodes at half speed straight from its mapping). false: map the file (read-only, private).
+  bool in_memory = true;
+  // Called with the bytes of this file read so far (in_memory only).
+  std::function<void(uint64_t done)> on_progress;
+};
+
+// A whole file, read-only: in anonymous huge-page memory or mapped (FileLoadOptions).
 class MappedFile {
  public:
-  static StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+  static StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path, const FileLoadOptions& options = {});
   ~MappedFile();
   const char* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  bool in_memory() const { return in_memory_; }
+  // Bytes of the data backed by 2 MiB pages now (from /proc/self/smaps; 0 when mapped or
+  // when the kernel gave none).
+  uint64_t HugePageBytes() const;
 
  private:
   MappedFile() = default;
   std::string path_;
   const char* data_ = nullptr;
   size_t size_ = 0;
+  void* region_ = nullptr;  // the whole mapping (aligned data_ lies inside it)
+  size_t region_size_ = 0;
+  bool in_memory_ = false;
 };
 
 struct TensorView {
@@ -40,7 +59,13 @@ struct TensorView {
 class WeightFiles {
  public:
   // Opens model.safetensors, or the shards named by model.safetensors.index.json, in `dir`.
-  static StatusOr<std::unique_ptr<WeightFiles>> Open(const std::string& dir);
+  // With in_memory, the files are read into huge-page memory (a progress line on a terminal).
+  static StatusOr<std::unique_ptr<WeightFiles>> Open(const std::string& dir, bool in_memory = true,
+                                                     bool show_progress = false);
+  // Total bytes of the files, and how many of them sit in 2 MiB pages.
+  uint64_t total_bytes() const;
+  uint64_t huge_page_bytes() const;
+  bool in_memory() const { return !files_.empty() && files_[0]->in_memory(); }
 
   bool Has(const std::string& name) const { return index_.count(name) != 0; }
   // The tensor `name`, which must be a float tensor of exactly `shape`.
