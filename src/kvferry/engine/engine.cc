@@ -29,8 +29,8 @@ struct Command {
 
 class EngineImpl final : public Engine {
  public:
-  EngineImpl(const EngineOptions& options, std::unique_ptr<model::Model> model,
-             std::unique_ptr<model::KvCache> cache, int64_t max_model_len)
+  EngineImpl(const EngineOptions& options, std::unique_ptr<model::Model> model, std::unique_ptr<model::KvCache> cache,
+             int64_t max_model_len)
       : options_(options),
         model_(std::move(model)),
         cache_(std::move(cache)),
@@ -42,7 +42,9 @@ class EngineImpl final : public Engine {
 
   ~EngineImpl() override { Shutdown(Deadline::After(std::chrono::seconds(10))); }
 
-  void Start() { thread_ = std::thread([this] { Loop(); }); }
+  void Start() {
+    thread_ = std::thread([this] { Loop(); });
+  }
 
   Status Add(RequestSpec spec, OutputCallback on_output) override {
     const int64_t vocab = model_->config().vocab_size;
@@ -50,12 +52,11 @@ class EngineImpl final : public Engine {
     if (spec.prompt.empty()) return InvalidArgumentError("prompt is empty");
     if (static_cast<int64_t>(spec.prompt.size()) >= max_model_len_)
       return InvalidArgumentError("prompt has " + std::to_string(spec.prompt.size()) +
-                                  " tokens; it must be shorter than max_model_len " +
-                                  std::to_string(max_model_len_));
+                                  " tokens; it must be shorter than max_model_len " + std::to_string(max_model_len_));
     for (int32_t t : spec.prompt)
       if (t < 0 || t >= vocab)
-        return InvalidArgumentError("prompt token id " + std::to_string(t) +
-                                    " is outside the vocab (size " + std::to_string(vocab) + ")");
+        return InvalidArgumentError("prompt token id " + std::to_string(t) + " is outside the vocab (size " +
+                                    std::to_string(vocab) + ")");
     KVF_RETURN_IF_ERROR(ValidateSamplingParams(spec.sampling, vocab));
     if (!on_output) return InvalidArgumentError("no output callback");
     if (spec.arrival == TimePoint{}) spec.arrival = Clock::Real()->Now();
@@ -64,10 +65,9 @@ class EngineImpl final : public Engine {
     if (closed_) return FailedPreconditionError("the engine is shut down");
     if (ids_.count(spec.id) > 0) return AlreadyExistsError("request id '" + spec.id + "' is in use");
     if (static_cast<size_t>(stats_.num_waiting) + inbox_adds_ >= options_.max_waiting)
-      return ResourceExhaustedError("the waiting queue is full (max_waiting " +
-                                    std::to_string(options_.max_waiting) + ")");
-    const uint64_t seed = spec.sampling.seed.has_value() ? *spec.sampling.seed
-                                                         : MixSeed(options_.seed, ++num_added_);
+      return ResourceExhaustedError("the waiting queue is full (max_waiting " + std::to_string(options_.max_waiting) +
+                                    ")");
+    const uint64_t seed = spec.sampling.seed.has_value() ? *spec.sampling.seed : MixSeed(options_.seed, ++num_added_);
     ids_.insert(spec.id);
     Command c{Command::Kind::kAdd, spec.id};
     c.request = std::make_unique<Request>(std::move(spec), std::move(on_output), seed);
@@ -194,8 +194,8 @@ class EngineImpl final : public Engine {
         batch.clear();
         for (const ScheduledSeq& s : plan.seqs) {
           Request* r = s.request;
-          batch.push_back({std::span<const int32_t>(r->tokens).subspan(r->num_computed, s.num_tokens),
-                           r->num_computed, r->block_table, false});
+          batch.push_back({std::span<const int32_t>(r->tokens).subspan(r->num_computed, s.num_tokens), r->num_computed,
+                           r->block_table, false});
         }
         Status st = model_->Forward(batch, *cache_, &fwd);
         if (st.ok()) {
@@ -247,32 +247,31 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   int64_t max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   if (max_model_len <= 1) return InvalidArgumentError("max_model_len must be > 1");
 
-  const size_t bytes_per_block = static_cast<size_t>(c.num_layers) * 2 * c.num_kv_heads *
-                                 options.block_size * c.head_dim * kernels::DTypeSize(options.kv_dtype);
+  const size_t bytes_per_block = static_cast<size_t>(c.num_layers) * 2 * c.num_kv_heads * options.block_size *
+                                 c.head_dim * kernels::DTypeSize(options.kv_dtype);
   int64_t num_blocks = options.num_kv_blocks;
   if (num_blocks <= 0) {
     const int64_t per_seq = (max_model_len + options.block_size - 1) / options.block_size;
     num_blocks = std::min<int64_t>(static_cast<int64_t>(options.kv_cache_bytes / bytes_per_block),
                                    per_seq * options.max_num_seqs);
     if (num_blocks <= 0)
-      return InvalidArgumentError("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) +
-                                  " holds no block of " + std::to_string(bytes_per_block) + " bytes");
+      return InvalidArgumentError("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) + " holds no block of " +
+                                  std::to_string(bytes_per_block) + " bytes");
   }
   const int64_t capacity = num_blocks * options.block_size;
   if (max_model_len > capacity) {
     if (options.max_model_len > 0)
-      return InvalidArgumentError("max_model_len " + std::to_string(max_model_len) +
-                                  " does not fit in the KV cache (" + std::to_string(capacity) + " tokens)");
+      return InvalidArgumentError("max_model_len " + std::to_string(max_model_len) + " does not fit in the KV cache (" +
+                                  std::to_string(capacity) + " tokens)");
     KVF_LOG_INFO("max_model_len lowered from {} to {}, what the KV cache holds", max_model_len, capacity);
     max_model_len = capacity;
   }
-  KVF_ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> cache,
-                       model->CreateKvCache({.num_blocks = num_blocks,
-                                             .block_size = options.block_size,
-                                             .dtype = options.kv_dtype,
-                                             .prefault = true}));
-  KVF_LOG_INFO("engine: {} KV blocks of {} tokens ({} MiB), max_model_len {}", num_blocks,
-               options.block_size, cache->size_bytes() >> 20, max_model_len);
+  KVF_ASSIGN_OR_RETURN(
+      std::unique_ptr<model::KvCache> cache,
+      model->CreateKvCache(
+          {.num_blocks = num_blocks, .block_size = options.block_size, .dtype = options.kv_dtype, .prefault = true}));
+  KVF_LOG_INFO("engine: {} KV blocks of {} tokens ({} MiB), max_model_len {}", num_blocks, options.block_size,
+               cache->size_bytes() >> 20, max_model_len);
   auto engine = std::make_unique<EngineImpl>(options, std::move(model), std::move(cache), max_model_len);
   engine->Start();
   return std::unique_ptr<Engine>(std::move(engine));

@@ -218,7 +218,8 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
 
   // f32 GEMM on weight tiles of up to kGemmTile rows, converted to f32.
   std::vector<RowTile> tiles;
-  for (const auto& share : SplitRows(outs, 2 * nt, 16, kGemmTile)) tiles.insert(tiles.end(), share.begin(), share.end());
+  for (const auto& share : SplitRows(outs, 2 * nt, 16, kGemmTile))
+    tiles.insert(tiles.end(), share.begin(), share.end());
   team->RunParts(static_cast<int64_t>(tiles.size()), [&](int t, int64_t i) {
     const auto& [oi, n0, n1] = tiles[i];
     const MatMulOutput& o = outs[oi];
@@ -519,8 +520,8 @@ void Compute::PagedAttentionImpl(const AttentionArgs& args) {
     ta.k_offset = args.kv.k_offset + it.g * args.kv.head_stride;
     ta.v_offset = args.kv.v_offset + it.g * args.kv.head_stride;
     ta.block_table = seq.block_table;
-    float* scratch = impl_->Scratch(
-        t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
+    float* scratch =
+        impl_->Scratch(t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
     avx512::AttentionTile(ta, scratch);
   });
 }

@@ -26,12 +26,12 @@ class DnnlGemm final : public GemmLibrary {
     for (auto& pt : per_thread_) pt.stream = dnnl::stream(engine_);
   }
 
-  bool MatMulF32(int t, const float* x, int64_t m, int64_t ldx, const float* w, int64_t n,
-                 int64_t k, float* y, int64_t ldy) override {
+  bool MatMulF32(int t, const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, int64_t k, float* y,
+                 int64_t ldy) override {
     return Run(t, 0, x, m, ldx, w, n, k, y, ldy);
   }
-  bool MatMulBf16(int t, const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
-                  int64_t k, float* y, int64_t ldy) override {
+  bool MatMulBf16(int t, const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n, int64_t k, float* y,
+                  int64_t ldy) override {
     return Run(t, 1, x, m, ldx, w, n, k, y, ldy);
   }
   std::string LastImpl() const override {
@@ -50,8 +50,8 @@ class DnnlGemm final : public GemmLibrary {
     bool omp_set = false;
   };
 
-  bool Run(int t, int type, const void* x, int64_t m, int64_t ldx, const void* w, int64_t n,
-           int64_t k, float* y, int64_t ldy) {
+  bool Run(int t, int type, const void* x, int64_t m, int64_t ldx, const void* w, int64_t n, int64_t k, float* y,
+           int64_t ldy) {
     if (t < 0 || t >= static_cast<int>(per_thread_.size())) return false;
     PerThread& pt = per_thread_[t];
     if (!pt.omp_set) {
@@ -145,11 +145,15 @@ std::unique_ptr<GemmLibrary> GemmLibrary::Create(int num_threads) {
 #else  // !KVFERRY_HAVE_DNNL
 
 namespace kvferry::kernels {
-std::unique_ptr<GemmLibrary> GemmLibrary::Create(int) { return nullptr; }
+std::unique_ptr<GemmLibrary> GemmLibrary::Create(int) {
+  return nullptr;
+}
 }  // namespace kvferry::kernels
 
 #endif
 
 namespace kvferry::kernels {
-bool HaveGemmLibrary() { return KVFERRY_HAVE_DNNL != 0; }
+bool HaveGemmLibrary() {
+  return KVFERRY_HAVE_DNNL != 0;
+}
 }  // namespace kvferry::kernels

@@ -56,8 +56,7 @@ inline void Block(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, 
 }
 
 template <int R>
-void Rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
-          int64_t ldy) {
+void Rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   // Accumulators R x NB plus R x vectors stay within the 32 registers.
   constexpr int NB = R <= 2 ? 4 : (R <= 4 ? 3 : 2);
   int64_t j = n0;
@@ -67,8 +66,8 @@ void Rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t 
 
 }  // namespace
 
-void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1,
-              float* y, int64_t ldy) {
+void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
+              int64_t ldy) {
   for (int64_t r0 = 0; r0 < m; r0 += kBf16GemvMaxRows) {
     const uint16_t* xr = x + r0 * ldx;
     float* yr = y + r0 * ldy;

@@ -51,8 +51,7 @@ Isa DetectIsaUncached() {
   const bool avx512_bf16 = a1 & (1u << 5);
   if (!avx512_vnni) return Isa::kAvx512;
   if (!avx512_bf16) return Isa::kAvx512Vnni;
-  if (amx_bf16 && amx_tile && (xcr0 & 0x60000) == 0x60000 && RequestAmxPermission())
-    return Isa::kAmxBf16;
+  if (amx_bf16 && amx_tile && (xcr0 & 0x60000) == 0x60000 && RequestAmxPermission()) return Isa::kAmxBf16;
   return Isa::kAvx512Bf16;
 }
 
@@ -64,7 +63,9 @@ inline float AsFloat(uint32_t u) {
 
 }  // namespace
 
-size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+size_t DTypeSize(DType dtype) {
+  return dtype == DType::kF32 ? 4 : 2;
+}
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
@@ -115,8 +116,7 @@ StatusOr<Isa> SelectedIsa() {
   if (*want > DetectIsa()) {
     static std::atomic<bool> warned{false};
     if (!warned.exchange(true))
-      KVF_LOG_WARN("KVFERRY_ISA={}: this CPU runs up to {}; using {}", env, IsaName(DetectIsa()),
-                   IsaName(DetectIsa()));
+      KVF_LOG_WARN("KVFERRY_ISA={}: this CPU runs up to {}; using {}", env, IsaName(DetectIsa()), IsaName(DetectIsa()));
     return DetectIsa();
   }
   return *want;
@@ -137,7 +137,9 @@ const KernelTable& BestTable() {
   return table;
 }
 
-float Bf16ToF32(uint16_t v) { return AsFloat(static_cast<uint32_t>(v) << 16); }
+float Bf16ToF32(uint16_t v) {
+  return AsFloat(static_cast<uint32_t>(v) << 16);
+}
 
 uint16_t F32ToBf16(float v) {
   uint16_t out;
@@ -172,6 +174,8 @@ void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, const float* cos, 
 void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
   BestTable().silu_mul(gate, up, n, out);
 }
-void AddInPlace(float* y, const float* x, int64_t n) { BestTable().add(y, x, n); }
+void AddInPlace(float* y, const float* x, int64_t n) {
+  BestTable().add(y, x, n);
+}
 
 }  // namespace kvferry::kernels

@@ -84,7 +84,7 @@ const KernelTable* GetTable();
 // Hand-written AVX2 GEMV (gemv_avx2.cc).
 void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
           float* y, int64_t ldy);
-}
+}  // namespace avx2
 namespace avx512 {
 const KernelTable* GetTable();
 // Hand-written AVX-512 GEMV (gemv_avx512.cc).
@@ -117,8 +117,8 @@ namespace avx512bf16 {
 inline constexpr int64_t kBf16GemvMaxRows = 8;
 // y[r * ldy + j] = dot(x + r * ldx, row j of w) for r < m (any m), j in [n0, n1): x and w are
 // bf16, w is [rows][k]; f32 accumulation with vdpbf16ps (gemv_avx512bf16.cc).
-void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1,
-              float* y, int64_t ldy);
+void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
+              int64_t ldy);
 }  // namespace avx512bf16
 
 }  // namespace kvferry::kernels

@@ -221,8 +221,8 @@ TEST_P(AtLevel, MatMulFusedOutputsMatchReference) {
             (*c)->MatMul(x.data(), m, ldx, outs);
             // With AVX512_BF16, bf16 weights meet activations rounded to bf16: in the decode
             // GEMV (m <= 16) and in oneDNN's bf16 GEMM; the built-in GEMM widens the weights.
-            const bool rounds_x = isa >= Isa::kAvx512Bf16 && dt == DType::kBF16 &&
-                                  (m <= 16 || (lib && HaveGemmLibrary()));
+            const bool rounds_x =
+                isa >= Isa::kAvx512Bf16 && dt == DType::kBF16 && (m <= 16 || (lib && HaveGemmLibrary()));
             auto xv = [&](int64_t i) { return rounds_x ? RoundToBf16(x[i]) : x[i]; };
             for (int o = 0; o < 3; ++o)
               for (int64_t r = 0; r < m; ++r)

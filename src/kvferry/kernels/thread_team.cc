@@ -25,8 +25,7 @@ constexpr int kGenShift = 2 * kPartBits + 1;
 constexpr uint32_t kGenMask = (uint32_t{1} << (64 - kGenShift)) - 1;
 
 uint64_t ClaimWord(uint32_t gen, bool one_each, uint64_t n, uint64_t next) {
-  return (static_cast<uint64_t>(gen & kGenMask) << kGenShift) | (one_each ? kOneEachBit : 0) | (n << kPartBits) |
-         next;
+  return (static_cast<uint64_t>(gen & kGenMask) << kGenShift) | (one_each ? kOneEachBit : 0) | (n << kPartBits) | next;
 }
 uint32_t GenOf(uint64_t c) {
   return static_cast<uint32_t>(c >> kGenShift) & kGenMask;

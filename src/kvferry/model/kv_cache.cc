@@ -6,8 +6,7 @@
 
 namespace kvferry::model {
 
-StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
-                                                   const KvCacheOptions& options) {
+StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config, const KvCacheOptions& options) {
   if (options.num_blocks <= 0) return InvalidArgumentError("KV cache needs num_blocks > 0");
   if (options.block_size <= 0 || options.block_size > 4096)
     return InvalidArgumentError("KV cache block_size must be in [1, 4096]");
@@ -18,10 +17,9 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
   c->num_kv_heads_ = config.num_kv_heads;
   c->head_dim_ = config.head_dim;
   c->dtype_ = options.dtype;
-  c->bytes_per_block_ = static_cast<size_t>(config.num_layers) * 2 * config.num_kv_heads *
-                        options.block_size * config.head_dim * kernels::DTypeSize(options.dtype);
-  if (c->bytes_per_block_ == 0 ||
-      static_cast<size_t>(options.num_blocks) > (size_t{1} << 46) / c->bytes_per_block_)
+  c->bytes_per_block_ = static_cast<size_t>(config.num_layers) * 2 * config.num_kv_heads * options.block_size *
+                        config.head_dim * kernels::DTypeSize(options.dtype);
+  if (c->bytes_per_block_ == 0 || static_cast<size_t>(options.num_blocks) > (size_t{1} << 46) / c->bytes_per_block_)
     return InvalidArgumentError("KV cache too large");
   c->size_ = c->bytes_per_block_ * static_cast<size_t>(options.num_blocks);
   void* p = ::mmap(nullptr, c->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -9,7 +9,8 @@
 //  - bf16 weights, bf16 KV cache, vs. the f32 reference on the same (bf16-exact) weights:
 //    |logit - ref| <= 0.05 * (std of the reference logits at that position); at logit std 0.6
 //    that is 3e-2 absolute. (Our test models have logit std ~2.)
-//  - greedy decoding, 32 steps after prompts of 1, 17 and 100 tokens: the same tokens as the reference, except that the first
+//  - greedy decoding, 32 steps after prompts of 1, 17 and 100 tokens: the same tokens as the reference, except that the
+//  first
 //    difference may come at a step whose reference top-2 margin is below 0.05 (a near tie);
 //    comparison stops there.
 // The models are made so that this means something: logits are spread out (std > 1), greedy
@@ -45,7 +46,9 @@ constexpr int kGreedySteps = 32;
 const int kPromptLens[] = {1, 7, 16, 17, 100};
 // Greedy continuations are compared for these prompt lengths (the reference recomputes the
 // whole sequence at every step, so this keeps the test quick).
-bool IsGreedyLen(int n) { return n == 1 || n == 17 || n == 100; }
+bool IsGreedyLen(int n) {
+  return n == 1 || n == 17 || n == 100;
+}
 const Architecture kArchs[] = {Architecture::kQwen2, Architecture::kLlama, Architecture::kQwen3};
 
 struct RefResult {
@@ -73,8 +76,8 @@ class ReferenceTest : public ::testing::Test {
     fs::remove_all(*dir_);
     fs::create_directories(*dir_ + "/out");
     if (std::system(KVFERRY_PYTHON " -c 'import torch' > /dev/null 2>&1") != 0) {
-      *setup_error_ = "python3-torch is missing: " KVFERRY_PYTHON
-                      " cannot import torch (install it with scripts/setup)";
+      *setup_error_ =
+          "python3-torch is missing: " KVFERRY_PYTHON " cannot import torch (install it with scripts/setup)";
       return;
     }
     json cases = json::array();
@@ -111,8 +114,7 @@ class ReferenceTest : public ::testing::Test {
     }
     json manifest = {{"out_dir", *dir_ + "/out"}, {"cases", cases}};
     std::ofstream(*dir_ + "/manifest.json") << manifest.dump();
-    const std::string cmd = std::string(KVFERRY_PYTHON " ") + KVFERRY_REFERENCE_SCRIPT + " " +
-                            *dir_ + "/manifest.json";
+    const std::string cmd = std::string(KVFERRY_PYTHON " ") + KVFERRY_REFERENCE_SCRIPT + " " + *dir_ + "/manifest.json";
     if (std::system(cmd.c_str()) != 0) {
       *setup_error_ = "reference_model.py failed: " + cmd;
       return;
@@ -179,8 +181,7 @@ class ReferenceTest : public ::testing::Test {
   }
 
   // Checks our greedy tokens against the reference, allowing a first difference at a near tie.
-  static void ExpectGreedyAgrees(const std::vector<int32_t>& ours, const RefResult& ref,
-                                 const std::string& what) {
+  static void ExpectGreedyAgrees(const std::vector<int32_t>& ours, const RefResult& ref, const std::string& what) {
     ASSERT_EQ(ref.greedy.size(), ours.size());
     size_t same = 0;
     while (same < ours.size() && ours[same] == ref.greedy[same]) ++same;
@@ -188,9 +189,9 @@ class ReferenceTest : public ::testing::Test {
                 same < ours.size() ? " (then a near tie)" : "");
     for (size_t i = 0; i < ours.size(); ++i) {
       if (ours[i] == ref.greedy[i]) continue;
-      EXPECT_LT(ref.margins[i], 0.05f) << what << ": greedy differs at step " << i << " (ours "
-                                       << ours[i] << ", reference " << ref.greedy[i]
-                                       << ") with a clear reference margin " << ref.margins[i];
+      EXPECT_LT(ref.margins[i], 0.05f) << what << ": greedy differs at step " << i << " (ours " << ours[i]
+                                       << ", reference " << ref.greedy[i] << ") with a clear reference margin "
+                                       << ref.margins[i];
       return;
     }
   }
@@ -220,8 +221,7 @@ RowStats Stats(std::span<const float> r) {
 }
 
 // Max over positions of |ours - ref| / scale(ref row).
-double WorstRatio(const ForwardOutput& out, size_t seq, const std::vector<float>& ref, int64_t V,
-                  bool by_std) {
+double WorstRatio(const ForwardOutput& out, size_t seq, const std::vector<float>& ref, int64_t V, bool by_std) {
   double worst = 0;
   for (int64_t i = 0; i < out.num_rows[seq]; ++i) {
     std::span<const float> r(&ref[i * V], V);
@@ -266,11 +266,9 @@ TEST_F(ReferenceTest, F32LogitsAgreeUnbatchedAndBatched) {
     ForwardOutput out;
     ASSERT_TRUE(m->Forward(batch, **cache, &out).ok());
     for (size_t s = 0; s < toks.size(); ++s) {
-      const double r =
-          WorstRatio(out, s, Ref(Key(arch, DType::kF32, kPromptLens[s], "normal")).logits, V, false);
+      const double r = WorstRatio(out, s, Ref(Key(arch, DType::kF32, kPromptLens[s], "normal")).logits, V, false);
       EXPECT_LE(r, 1e-3) << ArchKey(arch) << " batched n=" << kPromptLens[s];
-      std::printf("[ f32 ] %s n=%3d batched:   max|d|/range = %.2e\n", ArchKey(arch).c_str(),
-                  kPromptLens[s], r);
+      std::printf("[ f32 ] %s n=%3d batched:   max|d|/range = %.2e\n", ArchKey(arch).c_str(), kPromptLens[s], r);
     }
   }
 }
@@ -374,20 +372,19 @@ TEST_F(ReferenceTest, TestModelsAreSensitive) {
     double d = 0;
     for (int64_t j = 0; j < V; ++j) d = std::max(d, double(std::fabs(a[j] - b[j])));
     EXPECT_GT(d, 20 * 1e-3 * st.range) << ArchKey(arch) << ": the first token barely matters";
-    std::printf("[sense] %s: logit std %.2f, greedy repeats %d/32, first-token effect %.3f\n",
-                ArchKey(arch).c_str(), st.std, repeats, d);
+    std::printf("[sense] %s: logit std %.2f, greedy repeats %d/32, first-token effect %.3f\n", ArchKey(arch).c_str(),
+                st.std, repeats, d);
     // A reference with broken RoPE or GQA mapping disagrees with us far beyond tolerance, and
     // its greedy output differs.
     const auto ours = Greedy(*m, p1, DType::kF32);
     for (const char* v : {"rope_interleaved", "gqa_modulo"}) {
       const RefResult& broken = Ref(Key(arch, DType::kF32, 100, v));
       double worst = 0;
-      for (int64_t j = 0; j < V; ++j)
-        worst = std::max(worst, double(std::fabs(broken.logits[99 * V + j] - a[j])));
+      for (int64_t j = 0; j < V; ++j) worst = std::max(worst, double(std::fabs(broken.logits[99 * V + j] - a[j])));
       EXPECT_GT(worst, 30 * 1e-3 * st.range) << ArchKey(arch) << " " << v;
       EXPECT_NE(broken.greedy, ours) << ArchKey(arch) << " " << v;
-      std::printf("[sense] %s %s: last-logit diff %.3f, greedy differs: %s\n", ArchKey(arch).c_str(),
-                  v, worst, broken.greedy != ours ? "yes" : "no");
+      std::printf("[sense] %s %s: last-logit diff %.3f, greedy differs: %s\n", ArchKey(arch).c_str(), v, worst,
+                  broken.greedy != ours ? "yes" : "no");
     }
   }
 }

@@ -136,8 +136,7 @@ uint64_t MappedFile::HugePageBytes() const {
   return std::min<uint64_t>(kb << 10, size_);
 }
 
-StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir, bool in_memory,
-                                                        bool show_progress) {
+StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir, bool in_memory, bool show_progress) {
   auto w = std::unique_ptr<WeightFiles>(new WeightFiles());
   const std::string index_path = dir + "/model.safetensors.index.json";
   std::vector<std::string> shards;
@@ -148,15 +147,13 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir,
     ss << in.rdbuf();
     const std::string text = ss.str();
     auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object())
-      return InvalidArgumentError(index_path + ": not a JSON object");
+    if (j.is_discarded() || !j.is_object()) return InvalidArgumentError(index_path + ": not a JSON object");
     auto wm = j.find("weight_map");
-    if (wm == j.end() || !wm->is_object())
-      return InvalidArgumentError(index_path + ": missing 'weight_map' object");
+    if (wm == j.end() || !wm->is_object()) return InvalidArgumentError(index_path + ": missing 'weight_map' object");
     std::set<std::string> seen;
     for (auto it = wm->begin(); it != wm->end(); ++it) {
-      if (!it->is_string()) return InvalidArgumentError(index_path + ": weight_map value for '" +
-                                                        it.key() + "' is not a file name");
+      if (!it->is_string())
+        return InvalidArgumentError(index_path + ": weight_map value for '" + it.key() + "' is not a file name");
       const std::string file = it->get<std::string>();
       if (file.empty() || file.find('/') != std::string::npos || file[0] == '.')
         return InvalidArgumentError(index_path + ": bad shard name '" + file + "'");
@@ -205,8 +202,7 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::Open(const std::string& dir,
   return w;
 }
 
-StatusOr<TensorView> WeightFiles::Get(const std::string& name,
-                                      const std::vector<int64_t>& shape) const {
+StatusOr<TensorView> WeightFiles::Get(const std::string& name, const std::vector<int64_t>& shape) const {
   auto it = index_.find(name);
   if (it == index_.end()) {
     std::string files;
@@ -219,8 +215,8 @@ StatusOr<TensorView> WeightFiles::Get(const std::string& name,
     return InvalidArgumentError(file + ": tensor '" + name + "' has dtype " + e.info.dtype_name +
                                 "; want BF16, F16 or F32");
   if (e.info.shape != shape)
-    return InvalidArgumentError(file + ": tensor '" + name + "' has shape " +
-                                ShapeString(e.info.shape) + ", want " + ShapeString(shape));
+    return InvalidArgumentError(file + ": tensor '" + name + "' has shape " + ShapeString(e.info.shape) + ", want " +
+                                ShapeString(shape));
   TensorView v;
   v.data = files_[e.file]->data() + e.info.begin;
   v.dtype = e.info.dtype;
