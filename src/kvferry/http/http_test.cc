@@ -324,6 +324,56 @@ TEST(HttpClientTest, StreamsReusesConnectionsAndReportsStatus) {
   EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().ToString();
 }
 
+// A stopping server must not wait for routers' idle keep-alive connections (a prefiller took
+// 2.1 s instead of 0.1 s to stop), but a response still being sent finishes first.
+TEST(HttpClientTest, CloseIdleEndsKeepAliveConnectionsAtOnce) {
+  std::shared_ptr<Responder> held;
+  Mutex mu;
+  auto server = Start([&](Request req, std::shared_ptr<Responder> r) {
+    if (req.path == "/slow") {
+      MutexLock l(mu);
+      held = std::move(r);  // answered later
+      return;
+    }
+    r->Respond(200, "text/plain", "ok");
+  });
+  auto client = Client::Create({});
+  ASSERT_TRUE(client.ok());
+  Waiter w;
+  StatusOr<Response> slow = UnknownError("unset");
+  (*client)->Fetch(Base(*server) + "/slow", CallOptions{}, [&](StatusOr<Response> r) {
+    slow = std::move(r);
+    w.Add();
+  });
+  for (int i = 0; i < 500; ++i) {
+    {
+      MutexLock l(mu);
+      if (held) break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  // A second connection (the first is busy), answered and left idle in the client's pool.
+  (*client)->Fetch(Base(*server) + "/x", CallOptions{}, [&](StatusOr<Response>) { w.Add(); });
+  ASSERT_TRUE(w.WaitFor(1, 10s));
+  EXPECT_EQ((*client)->idle_connections(), 1);
+  ASSERT_EQ(server->open_connections(), 2);
+  const double t0 = NowSeconds();
+  server->CloseIdle();
+  while (server->open_connections() > 1 && NowSeconds() - t0 < 5) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server->open_connections(), 1);  // only the one with a response pending
+  EXPECT_LT(NowSeconds() - t0, 0.5);
+  {
+    MutexLock l(mu);
+    held->Respond(200, "text/plain", "late");
+    held.reset();
+  }
+  ASSERT_TRUE(w.WaitFor(2, 10s));
+  ASSERT_TRUE(slow.ok()) << slow.status().ToString();
+  EXPECT_EQ(slow->body, "late");
+  while (server->open_connections() > 0 && NowSeconds() - t0 < 5) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server->open_connections(), 0);  // it closed after its answer
+}
+
 TEST(HttpClientTest, CancelClosesTheConnectionAndTimeoutsFire) {
   std::atomic<int> gone{0};
   Mutex mu;

@@ -206,6 +206,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void Close() {
     asio::post(strand_, [self = shared_from_this()] { self->CloseNow(); });
   }
+  // Closes the connection if it waits for a request (not reading one, not answering).
+  void CloseIfIdle() {
+    asio::post(strand_, [self = shared_from_this()] {
+      if (self->idle_) self->CloseNow();
+    });
+  }
   // Only when no io thread runs (after the server's threads were joined): closes the socket and
   // tells a response still in flight that its client is gone (the coroutine that would have
   // noticed never runs again).
@@ -228,6 +234,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer timer_;
   std::shared_ptr<SessionLink> link_;
   std::shared_ptr<Channel> current_;  // the response being driven, if any
+  bool idle_ = true;                  // on the strand: waiting for a request's first byte
 };
 
 void Channel::Wake() {
@@ -309,6 +316,16 @@ class ServerImpl final : public Server {
     for (auto& s : left) s->CloseNow();  // outside mu_: it may run a client-gone callback
   }
 
+  void CloseIdle() override {
+    MutexLock l(mu_);
+    closing_.store(true, std::memory_order_release);
+    for (auto& w : sessions_) {
+      if (auto s = w.lock()) s->CloseIfIdle();
+    }
+  }
+  // Published by CloseIdle (release); sessions read it (acquire) to stop keeping connections alive.
+  bool closing() const { return closing_.load(std::memory_order_acquire); }
+
   int64_t open_connections() const override {
     MutexLock l(mu_);
     return static_cast<int64_t>(sessions_.size());
@@ -362,6 +379,7 @@ class ServerImpl final : public Server {
   std::vector<std::thread> threads_;
   mutable Mutex mu_;
   bool stopped_ KVF_GUARDED_BY(mu_) = false;
+  std::atomic<bool> closing_{false};
   std::vector<std::weak_ptr<Session>> sessions_ KVF_GUARDED_BY(mu_);
 };
 
@@ -495,9 +513,13 @@ awaitable<void> Session::Run() {
     // Idle wait for the first byte, then a bound on the whole request.
     stream_.expires_after(o.idle_timeout);
     if (buffer.size() == 0) {
+      if (server_->closing()) break;
+      idle_ = true;
       auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
+      idle_ = false;
       if (ec || PeerClosed()) break;
     }
+    idle_ = false;
     stream_.expires_after(o.read_timeout);
     auto [ec, n] = co_await bhttp::async_read(stream_, buffer, parser, kTuple);
     if (ec) {
@@ -538,7 +560,7 @@ awaitable<void> Session::Run() {
     for (const auto& f : msg) req.headers.push_back(MakeHeader(f.name_string(), f.value()));
     req.body = std::move(msg.body());
     req.remote = remote;
-    bool keep_alive = msg.keep_alive();
+    bool keep_alive = msg.keep_alive() && !server_->closing();
     auto ch = std::make_shared<Channel>(link_);
     {
       auto responder = std::make_shared<ResponderImpl>(ch);
@@ -551,7 +573,7 @@ awaitable<void> Session::Run() {
     current_ = ch;
     bool ok = co_await Drive(ch, keep_alive);
     current_.reset();
-    if (!ok || !keep_alive) break;
+    if (!ok || !keep_alive || server_->closing()) break;
   }
   beast::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
