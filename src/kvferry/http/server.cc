@@ -226,6 +226,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   awaitable<bool> Drive(std::shared_ptr<Channel> ch, bool keep_alive);
   awaitable<void> WatchPeer(std::shared_ptr<Channel> ch);
+  awaitable<void> PollPeer(std::shared_ptr<Channel> ch, std::shared_ptr<bool> drive_done);
   bool PeerClosed();
 
   ServerImpl* server_;
@@ -408,16 +409,40 @@ awaitable<void> Session::WatchPeer(std::shared_ptr<Channel> ch) {
   }
 }
 
+// The same check every 200 ms. Asio's epoll reactor is edge-triggered and never tries a wait
+// speculatively: a close that arrived before WatchPeer's wait was queued (a client that gives up
+// while a starved server is still reading its request) raises no new edge, and the wait would
+// never complete; the client's request would then run (or wait for remote KV) for nobody.
+awaitable<void> Session::PollPeer(std::shared_ptr<Channel> ch, std::shared_ptr<bool> drive_done) {
+  auto self = shared_from_this();
+  asio::steady_timer tick(strand_);
+  for (;;) {
+    if (*drive_done || ch->finished() || ch->gone() || !stream_.socket().is_open()) co_return;
+    if (PeerClosed()) {
+      ch->MarkGone();
+      timer_.cancel();
+      co_return;
+    }
+    tick.expires_after(std::chrono::milliseconds(200));
+    co_await tick.async_wait(kTuple);
+  }
+}
+
 awaitable<bool> Session::Drive(std::shared_ptr<Channel> ch, bool keep_alive) {
-  // One read watch per response (not one per wait: a stream wakes once per chunk).
+  // One read watch per response (not one per wait: a stream wakes once per chunk), and its
+  // periodic backstop. Both run on this strand; `drive_done` is only touched there.
+  auto drive_done = std::make_shared<bool>(false);
   asio::co_spawn(strand_, WatchPeer(ch), asio::detached);
+  asio::co_spawn(strand_, PollPeer(ch, drive_done), asio::detached);
   struct StopWatch {
     Session* s;
+    std::shared_ptr<bool> done;
     ~StopWatch() {
+      *done = true;
       beast::error_code ec;
       s->stream_.socket().cancel(ec);
     }
-  } stop_watch{this};
+  } stop_watch{this, drive_done};
   std::optional<bhttp::response<bhttp::empty_body>> head;
   for (;;) {
     Event e;
@@ -514,10 +539,17 @@ awaitable<void> Session::Run() {
     stream_.expires_after(o.idle_timeout);
     if (buffer.size() == 0) {
       if (server_->closing()) break;
-      idle_ = true;
-      auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
-      idle_ = false;
-      if (ec || PeerClosed()) break;
+      // Bytes (or a close) that came while the last answer was being written raise no new
+      // edge for the wait below (see PollPeer): look first.
+      beast::error_code aec;
+      const bool ready = stream_.socket().available(aec) > 0 || aec || PeerClosed();
+      if (!ready) {
+        idle_ = true;
+        auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
+        idle_ = false;
+        if (ec) break;
+      }
+      if (PeerClosed()) break;
     }
     idle_ = false;
     stream_.expires_after(o.read_timeout);
