@@ -8,7 +8,8 @@
 #   query_never_empty   /query polled every 20 ms from the moment a prefiller starts (and again
 #       across the restart below): 503 until its worker registered, never a 200 without workers
 #   prefiller_restart   kill -9 and restart the prefiller with the same command line while both
-#       replays keep their cached engine_id: the next request pair succeeds, no router restart
+#       replays keep their cached engine_id: a request in flight across it ends at once with a
+#       clear error; the next request pair succeeds, no router restart
 #   idle_keepalive_stop a prefiller that routers hold keep-alive connections to stops promptly
 #
 # Usage: routers_test.sh KVFERRY_BINARY
@@ -115,14 +116,43 @@ for r in vr ld; do
   t1=$(metric "$DU" kvferry:kv_transfers_total)
   echo "  decoder KV transfers: $((t1 - t0))"
   check "the decoder received a KV transfer per request (16)" test $((t1 - t0)) -ge 16
+  if [ $r = ld ]; then
+    # llm-d keeps the client's min_tokens on the prefill leg it caps at max_tokens 1.
+    b='{"model":"tiny","prompt":"tide tables for the island ferry","max_tokens":6,"min_tokens":4,"temperature":0}'
+    a1=$(curl -s --max-time 60 -H 'Content-Type: application/json' -d "$b" "$LD/v1/completions" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+    a2=$(curl -s --max-time 60 -H 'Content-Type: application/json' -d "$b" "$CU/v1/completions" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+    check "min_tokens through llm-d: the colocated answer ('$a1')" eq "$a1" "$a2"
+    check "the prefill legs were all served" eq "$(curl -s "$LD/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_failed"])')" 0
+  else
+    check "the prefill legs were all served" eq "$(curl -s "$VR/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_failed"])')" 0
+    # vllm-router's defaults are ignored with one warning per field name, not per request.
+    for f in prefill decode; do
+      check "$f warned once about no_stop_trim" eq "$(grep -c "field 'no_stop_trim'" "$work/$f.log")" 1
+    done
+  fi
   blocks_zero 5 "$PU" "$DU" "$CU"
   finish_case "$name"
 done
 
 # --- prefiller_restart ------------------------------------------------------------------------------
 id0=$(curl -s --max-time 5 "$VR/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["engine_ids"]["0"])')
+# A decode leg in flight across the restart (its pull waits on the prefiller): a clear error, at once.
+curl -s -o "$work/inflight.json" -w '%{http_code}' --max-time 60 -H 'Content-Type: application/json' \
+  -d '{"model":"tiny","prompt":"in flight","max_tokens":4,"temperature":0,"kv_transfer_params":{"do_remote_prefill":true,
+       "do_remote_decode":false,"transfer_id":"xfer-inflight","remote_bootstrap_addr":"http://127.0.0.1:'"$BOOT"'",
+       "remote_engine_id":"'"$id0"'"}}' "$DU/v1/completions" >"$work/inflight.code" &
+inflight_pid=$!
+check "the in-flight pull waits on the prefiller" wait_metric "$PU" kvferry:kv_waiting_pulls 1 10
+t_kill=$(date +%s.%N)
 kill -KILL "$pid_prefill"
 wait "$pid_prefill" 2>/dev/null
+wait "$inflight_pid"
+dt=$(awk -v a="$t_kill" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+echo "  in-flight request: $(cat "$work/inflight.code") after $dt s: $(head -c 250 "$work/inflight.json")"
+check "it ends with an error within 5 s of the kill" awk -v d="$dt" -v c="$(cat "$work/inflight.code")" 'BEGIN { exit !(d < 5 && c >= 500) }'
+check "the error says the prefiller went away" grep -q "closed the side channel" "$work/inflight.json"
 poll_query "$BOOT" "$work/query2.out"
 start prefill VLLM_MOONCAKE_BOOTSTRAP_PORT="$BOOT" -- serve "$work/m" --port "$P" "${common[@]}" --kv-transfer-config "$p_cfg"
 wait_healthy "$PU" 60 || die "restarted prefiller not healthy"

@@ -180,6 +180,45 @@ TEST(HttpTest, CloseBeforeTheWatchStartsIsReported) {
   EXPECT_TRUE(held->ClientGone());
 }
 
+// The client sends its request and closes before the (busy, single-threaded) server even
+// accepted the connection: request and close are one readiness edge, consumed by the wait for
+// the request; the close must still be noticed.
+TEST(HttpTest, CloseBeforeTheServerAcceptsIsReported) {
+  std::atomic<bool> gone{false};
+  std::atomic<int> calls{0};
+  std::vector<std::shared_ptr<Responder>> held;
+  Mutex mu;
+  ServerOptions o;
+  o.io_threads = 1;
+  auto server = Start(
+      [&](Request req, std::shared_ptr<Responder> r) {
+        if (calls++ == 0) {
+          std::this_thread::sleep_for(500ms);  // the only io thread is busy: nothing is accepted
+          r->Respond(200, "text/plain", "first");
+          return;
+        }
+        r->OnClientGone([&] { gone = true; });
+        MutexLock l(mu);
+        held.push_back(r);  // never answers
+      },
+      o);
+  std::thread first([&] { RawExchange(server->port(), "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); });
+  std::this_thread::sleep_for(100ms);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server->port());
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);  // the kernel's backlog accepts
+  const std::string req = "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+  ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  close(fd);
+  first.join();
+  for (int i = 0; i < 300 && !gone; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_TRUE(gone.load());
+}
+
 TEST(HttpTest, LimitsAndGarbageGetCleanErrors) {
   ServerOptions o;
   o.max_body_bytes = 1000;
