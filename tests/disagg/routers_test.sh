@@ -3,7 +3,8 @@
 # routing sidecar (concurrent legs) (tests/disagg/router_replay.mjs) in front of a real kvferry
 # prefiller and decoder; a colocated `kvferry serve` is the reference. Default connector settings.
 #   replay_vllm_router / replay_llm_d   the official openai client through each replay:
-#       completions and chat, streaming and not; greedy answers equal colocated token for token;
+#       completions and chat, streaming and not, and /v1/responses (tests/disagg/responses.mjs);
+#       greedy answers equal colocated token for token;
 #       the decoder received the KV transfers; KV blocks in use 0 on every server within 5 s
 #   query_never_empty   /query polled every 20 ms from the moment a prefiller starts (and again
 #       across the restart below): 503 until its worker registered, never a 200 without workers
@@ -113,20 +114,27 @@ for r in vr ld; do
   tail -1 "$work/compare_$r.out"
   check "answers through the $name replay equal colocated" eq "$rc" 0
   [ "$rc" = 0 ] || cat "$work/compare_$r.out"
+  pf() { curl -s --max-time 5 "$url/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_failed"])'; }
+  check "the prefill legs were all served" eq "$(pf)" 0
+  # /v1/responses through the replay (llm-d routes it the same way; caps max_tokens only).
+  timeout 120 node "$here/responses.mjs" --a "$url" --b "$CU" --model tiny >"$work/responses_$r.out" 2>&1
+  rc=$?
+  tail -1 "$work/responses_$r.out"
+  check "/v1/responses through the $name replay" eq "$rc" 0
+  [ "$rc" = 0 ] || cat "$work/responses_$r.out"
   t1=$(metric "$DU" kvferry:kv_transfers_total)
   echo "  decoder KV transfers: $((t1 - t0))"
   check "the decoder received a KV transfer per request (16)" test $((t1 - t0)) -ge 16
   if [ $r = ld ]; then
-    # llm-d keeps the client's min_tokens on the prefill leg it caps at max_tokens 1.
+    # llm-d keeps the client's min_tokens on the prefill leg it caps at max_tokens 1. (The
+    # decoder's policy is fail: a refused prefill leg would make this an error, not the text.)
     b='{"model":"tiny","prompt":"tide tables for the island ferry","max_tokens":6,"min_tokens":4,"temperature":0}'
-    a1=$(curl -s --max-time 60 -H 'Content-Type: application/json' -d "$b" "$LD/v1/completions" |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])')
     a2=$(curl -s --max-time 60 -H 'Content-Type: application/json' -d "$b" "$CU/v1/completions" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+    a1=$(curl -s --max-time 60 -H 'Content-Type: application/json' -d "$b" "$LD/v1/completions" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])')
     check "min_tokens through llm-d: the colocated answer ('$a1')" eq "$a1" "$a2"
-    check "the prefill legs were all served" eq "$(curl -s "$LD/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_failed"])')" 0
   else
-    check "the prefill legs were all served" eq "$(curl -s "$VR/engine_ids" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_failed"])')" 0
     # vllm-router's defaults are ignored with one warning per field name, not per request.
     for f in prefill decode; do
       check "$f warned once about no_stop_trim" eq "$(grep -c "field 'no_stop_trim'" "$work/$f.log")" 1
