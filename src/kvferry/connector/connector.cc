@@ -130,7 +130,8 @@ class ConnectorImpl final : public Connector {
     if (c == nullptr || p.remote_bootstrap_addr.empty()) return;
     StatusOr<http::Url> parsed = http::ParseUrl(NormalizeUrl(p.remote_bootstrap_addr));
     if (!parsed.ok() || parsed->host.empty()) return;
-    c->Abandon(p.transfer_id, NormalizeUrl(p.remote_bootstrap_addr), std::max<int64_t>(0, p.remote_dp_rank.value_or(0)));
+    c->Abandon(p.transfer_id, NormalizeUrl(p.remote_bootstrap_addr),
+               std::max<int64_t>(0, p.remote_dp_rank.value_or(0)));
   }
 
   void OnOutput(const engine::Output& output) override {
@@ -299,8 +300,7 @@ StatusOr<std::unique_ptr<Connector>> Connector::Create(const ConnectorOptions& o
   if (o.config.engine_id.empty()) {
     // Stable across restarts of the same instance: routers cache engine ids forever.
     const std::string host = o.advertise_host.empty() ? PrimaryIpv4() : o.advertise_host;
-    o.config.engine_id =
-        o.instance_port > 0 ? StableEngineId(host, o.instance_port, o.dp_rank) : NewUuid4();
+    o.config.engine_id = o.instance_port > 0 ? StableEngineId(host, o.instance_port, o.dp_rank) : NewUuid4();
   }
   if (o.config.num_workers < 1 || o.config.num_workers > 256) {
     return InvalidArgumentError(fmt::format("num_workers {} is outside 1..256", o.config.num_workers));

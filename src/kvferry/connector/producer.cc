@@ -525,13 +525,14 @@ void Producer::Timers() {
         }
         FinishJobLocked(
             e.waiting[i],
-            unclaimed ? NotFoundError(fmt::format("no prefill request with transfer_id {} reached this prefiller within "
-                                                  "{:.1f} s (KVFERRY_UNCLAIMED_PULL_TIMEOUT): was its prefill leg "
-                                                  "refused, or sent to another prefiller?",
-                                                  it->first, Secs(limit)))
-                      : DeadlineExceededError(fmt::format(
-                            "timed out after {:.1f} s waiting for the prefill of transfer {} on the prefiller",
-                            Secs(limit), it->first)));
+            unclaimed
+                ? NotFoundError(fmt::format("no prefill request with transfer_id {} reached this prefiller within "
+                                            "{:.1f} s (KVFERRY_UNCLAIMED_PULL_TIMEOUT): was its prefill leg "
+                                            "refused, or sent to another prefiller?",
+                                            it->first, Secs(limit)))
+                : DeadlineExceededError(
+                      fmt::format("timed out after {:.1f} s waiting for the prefill of transfer {} on the prefiller",
+                                  Secs(limit), it->first)));
         e.waiting.erase(e.waiting.begin() + static_cast<std::ptrdiff_t>(i));
       }
       if (e.request_id.empty() && e.waiting.empty() && (!e.aborted || now >= e.placeholder_until)) {

@@ -258,11 +258,12 @@ std::string ResponsesOpening(Call& c) KVF_REQUIRES(c.mu) {
 }
 
 std::string ResponsesDelta(Call& c, const std::string& text) KVF_REQUIRES(c.mu) {
-  return ResponsesEvent(c, "response.output_text.delta", {{"item_id", c.item_id},
-                                                         {"output_index", 0},
-                                                         {"content_index", 0},
-                                                         {"delta", text},
-                                                         {"logprobs", json::array()}});
+  return ResponsesEvent(c, "response.output_text.delta",
+                        {{"item_id", c.item_id},
+                         {"output_index", 0},
+                         {"content_index", 0},
+                         {"delta", text},
+                         {"logprobs", json::array()}});
 }
 
 // The events that close a Responses stream.
@@ -273,13 +274,15 @@ std::string ResponsesClosing(Call& c) KVF_REQUIRES(c.mu) {
     return ResponsesEvent(c, "response.failed", {{"response", ResponseObject(c, "failed")}});
   }
   const char* item_status = std::string(status) == "completed" ? "completed" : "incomplete";
-  std::string out = ResponsesEvent(c, "response.output_text.done", {{"item_id", c.item_id},
-                                                                   {"output_index", 0},
-                                                                   {"content_index", 0},
-                                                                   {"text", ch.text},
-                                                                   {"logprobs", json::array()}});
-  out += ResponsesEvent(c, "response.content_part.done",
-                        {{"item_id", c.item_id}, {"output_index", 0}, {"content_index", 0}, {"part", OutputText(ch.text)}});
+  std::string out = ResponsesEvent(c, "response.output_text.done",
+                                   {{"item_id", c.item_id},
+                                    {"output_index", 0},
+                                    {"content_index", 0},
+                                    {"text", ch.text},
+                                    {"logprobs", json::array()}});
+  out += ResponsesEvent(
+      c, "response.content_part.done",
+      {{"item_id", c.item_id}, {"output_index", 0}, {"content_index", 0}, {"part", OutputText(ch.text)}});
   out += ResponsesEvent(c, "response.output_item.done",
                         {{"output_index", 0}, {"item", OutputMessage(c, ch.text, item_status, true)}});
   out += ResponsesEvent(c, std::string(status) == "completed" ? "response.completed" : "response.incomplete",
@@ -540,16 +543,14 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   if (prompt.empty()) return fail(InvalidArgumentError("the prompt is empty after tokenization"), "prompt");
   const int64_t max_len = o.engine->max_model_len();
   const int64_t plen = static_cast<int64_t>(prompt.size());
-  const char* prompt_param = kind == GenerateRequest::Kind::kChat ? "messages"
+  const char* prompt_param = kind == GenerateRequest::Kind::kChat        ? "messages"
                              : kind == GenerateRequest::Kind::kResponses ? "input"
                                                                          : "prompt";
   if (plen >= max_len) return fail(LengthError(max_len, plen, std::nullopt, &param), prompt_param);
   if (g.max_tokens && plen + *g.max_tokens > max_len)
     return fail(LengthError(max_len, plen, g.max_tokens, &param), "max_tokens");
   const int64_t room = max_len - plen;
-  const int64_t max_tokens = g.max_tokens                           ? *g.max_tokens
-                             : chat_like                            ? room
-                                                                    : std::min<int64_t>(16, room);
+  const int64_t max_tokens = g.max_tokens ? *g.max_tokens : chat_like ? room : std::min<int64_t>(16, room);
 
   engine::SamplingParams sp;
   sp.temperature = g.temperature;
