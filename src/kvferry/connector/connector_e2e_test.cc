@@ -365,6 +365,11 @@ TEST_P(ConnectorE2ETest, UnclaimedPullEndsAtItsBound) {
       EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 4));
     }
     EXPECT_EQ(p_->conn->GetStats().waiting_pulls, 0);
+    // A prefill leg that comes after its decoder gave up runs without holding its KV.
+    auto late = p_->conn->BeginRequest("p-late", PrefillLeg("xfer-unclaimed"));
+    ASSERT_TRUE(late.ok()) << late.status().ToString();
+    EXPECT_EQ(*late, engine::KvRole::kLocal);
+    p_->conn->CancelRequest("p-late");
     TearDown();
   }
 }

@@ -75,7 +75,7 @@ StatusOr<engine::KvRole> Producer::Begin(const std::string& request_id, const st
     }
     if (e.aborted) {
       // The decoder gave up before this request arrived: run it without holding anything.
-      KVF_LOG_INFO("connector: transfer {} was aborted by its decoder; request {} keeps no KV", transfer_id,
+      KVF_LOG_INFO("connector: transfer {} was given up by its decoder; request {} keeps no KV", transfer_id,
                    request_id);
       entries_.erase(it);
       return engine::KvRole::kLocal;
@@ -534,6 +534,11 @@ void Producer::Timers() {
                       fmt::format("timed out after {:.1f} s waiting for the prefill of transfer {} on the prefiller",
                                   Secs(limit), it->first)));
         e.waiting.erase(e.waiting.begin() + static_cast<std::ptrdiff_t>(i));
+        if (unclaimed && e.waiting.empty()) {
+          // The decoder has given up on it: a prefill leg that still comes holds no KV.
+          e.aborted = true;
+          e.placeholder_until = now + config_.abort_request_timeout;
+        }
       }
       if (e.request_id.empty() && e.waiting.empty() && (!e.aborted || now >= e.placeholder_until)) {
         it = entries_.erase(it);
