@@ -70,6 +70,7 @@ int Serve(const ServeArgs& a) {
     const bool wildcard = a.host.empty() || a.host == "0.0.0.0" || a.host == "::";
     co.advertise_host = wildcard ? "" : a.host;
     co.bootstrap_bind_host = wildcard ? "0.0.0.0" : a.host;
+    co.instance_port = a.port;  // with the host: the stable default engine_id
     StatusOr<std::unique_ptr<connector::Connector>> c = connector::Connector::Create(co);
     if (!c.ok()) return Fail(c.status());
     conn = std::move(*c);
@@ -137,8 +138,9 @@ int Serve(const ServeArgs& a) {
   const Deadline deadline =
       Deadline::After(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
   if (Status st = frontend->Drain(deadline); !st.ok()) KVF_LOG_WARN("serve: drain: {}", st.ToString());
-  // The last answers may still sit in connection buffers: give clients a moment (bounded) to
-  // read them and hang up before Stop() closes every connection.
+  // Idle keep-alive connections (routers keep them open) close now; the last answers may still
+  // sit in connection buffers: give those clients a moment (bounded) to read them.
+  (*srv)->CloseIdle();
   const Deadline flush = Deadline::After(std::chrono::seconds(2));
   while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   (*srv)->Stop();

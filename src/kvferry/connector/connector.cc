@@ -118,6 +118,22 @@ class ConnectorImpl final : public Connector {
     if (Consumer* c = consumer()) c->Cancel(request_id);
   }
 
+  void OnRejected(const RequestKvParams& p, const Status& why) override {
+    if (p.transfer_id.empty() || p.do_remote_decode == p.do_remote_prefill) return;
+    if (p.do_remote_decode) {
+      if (Producer* prod = producer()) {
+        prod->Reject(p.transfer_id, fmt::format("its prefill leg was refused: {}", why.message()));
+      }
+      return;
+    }
+    Consumer* c = consumer();
+    if (c == nullptr || p.remote_bootstrap_addr.empty()) return;
+    StatusOr<http::Url> parsed = http::ParseUrl(NormalizeUrl(p.remote_bootstrap_addr));
+    if (!parsed.ok() || parsed->host.empty()) return;
+    c->Abandon(p.transfer_id, NormalizeUrl(p.remote_bootstrap_addr),
+               std::max<int64_t>(0, p.remote_dp_rank.value_or(0)));
+  }
+
   void OnOutput(const engine::Output& output) override {
     if (Producer* p = producer(); p != nullptr && p->OnOutput(output)) return;
     if (Consumer* c = consumer()) c->OnOutput(output);
@@ -227,6 +243,7 @@ class ConnectorImpl final : public Connector {
       }
       const bool any = options_.bootstrap_bind_host == "0.0.0.0" || options_.bootstrap_bind_host.empty();
       url = fmt::format("http://{}:{}", any ? host : options_.bootstrap_bind_host, (*b)->port());
+      (*b)->registry().Expect(options_.dp_rank);  // /query answers 503 until this worker registered
       MutexLock l(mu_);
       bootstrap_ = std::move(*b);
     } else {
@@ -280,7 +297,11 @@ class ConnectorImpl final : public Connector {
 
 StatusOr<std::unique_ptr<Connector>> Connector::Create(const ConnectorOptions& options) {
   ConnectorOptions o = options;
-  if (o.config.engine_id.empty()) o.config.engine_id = NewUuid4();
+  if (o.config.engine_id.empty()) {
+    // Stable across restarts of the same instance: routers cache engine ids forever.
+    const std::string host = o.advertise_host.empty() ? PrimaryIpv4() : o.advertise_host;
+    o.config.engine_id = o.instance_port > 0 ? StableEngineId(host, o.instance_port, o.dp_rank) : NewUuid4();
+  }
   if (o.config.num_workers < 1 || o.config.num_workers > 256) {
     return InvalidArgumentError(fmt::format("num_workers {} is outside 1..256", o.config.num_workers));
   }

@@ -29,6 +29,9 @@ struct ConnectorOptions {
   // Host the embedded bootstrap server binds ("0.0.0.0" = every interface).
   std::string bootstrap_bind_host = "0.0.0.0";
   int64_t dp_rank = 0;  // this instance's data-parallel rank (tp = pp = 0: one worker)
+  // The HTTP port this instance serves on. With config.engine_id empty the engine id is
+  // StableEngineId(advertised host, instance_port, dp_rank); 0 (unknown): a random UUID.
+  int instance_port = 0;
   // Decoder: how long one load waits for the prefiller's answer once its pull was sent.
   // Zero (default): config.abort_request_timeout + 60 s, as PROTOCOL.md §4 says.
   Duration load_timeout = Duration::zero();
@@ -86,6 +89,11 @@ class Connector {
   // CancelRequest if Add failed.
   virtual StatusOr<engine::KvRole> BeginRequest(const std::string& request_id, const RequestKvParams& params) = 0;
   virtual void CancelRequest(const std::string& request_id) = 0;
+  // The server refused a request carrying these params before (or when) BeginRequest ran: bad
+  // body, unknown model, overload, duplicate transfer_id. Routers send the other leg anyway, so a
+  // refused prefill leg makes pulls for its transfer_id get ERROR at once, and a refused decode
+  // leg tells its prefiller (the empty pull) to free the blocks now. `why` is what the client got.
+  virtual void OnRejected(const RequestKvParams& params, const Status& why) = 0;
   // Every Output of a request BeginRequest accepted (the final one carries held_blocks).
   virtual void OnOutput(const engine::Output& output) = 0;
 

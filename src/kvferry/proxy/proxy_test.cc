@@ -348,6 +348,19 @@ TEST(ProxyTest, BothLegsCarryExactlyTheContractFields) {
   EXPECT_NE(p2.body["kv_transfer_params"]["transfer_id"], tid);
   EXPECT_EQ(d.seen().at(1).body["max_tokens"], 7);
   EXPECT_EQ(Post(Base(*proxy) + "/v1/completions", "not an object").code, 400);
+
+  // /v1/responses takes the same two legs; the prefill leg also caps max_output_tokens.
+  json resp = {{"model", "m"}, {"input", "hello"}, {"max_output_tokens", 9}};
+  Result rr = Post(Base(*proxy) + "/v1/responses", resp);
+  EXPECT_EQ(rr.code, 200);
+  ASSERT_TRUE(Eventually([&] { return p.count() == 3; }));
+  Seen p3 = p.seen().at(2);
+  EXPECT_EQ(p3.path, "/v1/responses");
+  EXPECT_EQ(p3.body["max_output_tokens"], 1);
+  EXPECT_EQ(p3.body["kv_transfer_params"]["do_remote_decode"], true);
+  EXPECT_EQ(d.seen().at(2).path, "/v1/responses");
+  EXPECT_EQ(d.seen().at(2).body["max_output_tokens"], 9);
+  EXPECT_EQ(d.seen().at(2).body["kv_transfer_params"]["do_remote_prefill"], true);
 }
 
 TEST(ProxyTest, Answers503UntilEveryPrefillerIsKnown) {

@@ -76,10 +76,12 @@ void FrontendImpl::Handle(http::Request req, std::shared_ptr<http::Responder> re
       return;
     }
   }
-  if (path == "/v1/completions" || path == "/v1/chat/completions") {
+  if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/responses") {
     if (!is_post) return method_not_allowed();
     HandleGenerate(shared_, req, std::move(resp),
-                   path == "/v1/completions" ? GenerateRequest::Kind::kCompletion : GenerateRequest::Kind::kChat,
+                   path == "/v1/completions"        ? GenerateRequest::Kind::kCompletion
+                   : path == "/v1/chat/completions" ? GenerateRequest::Kind::kChat
+                                                    : GenerateRequest::Kind::kResponses,
                    std::move(headers));
   } else if (path == "/v1/models") {
     if (!is_get) return method_not_allowed();
@@ -247,6 +249,22 @@ std::string Shared::NewId(const char* prefix) {
     b = rng();
   }
   return fmt::format("{}{:016x}{:016x}", prefix, a, b);
+}
+
+void Shared::WarnIgnoredFields(const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  constexpr size_t kMaxWarned = 1024;  // a client inventing names cannot grow this without bound
+  std::vector<std::string> fresh;
+  {
+    MutexLock l(warned_mu);
+    for (const std::string& n : names) {
+      if (warned.size() >= kMaxWarned || warned.count(n) != 0) continue;
+      warned.insert(n);
+      fresh.push_back(n);
+    }
+  }
+  for (const std::string& n : fresh)
+    KVF_LOG_WARN("serve: the request field '{}' is not supported and is ignored (warned once per field)", n.substr(0, 64));
 }
 
 void RespondError(http::Responder& r, int status, std::string_view message, std::string_view param,

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct Shared {
 
   // "<prefix><32 hex digits>", unique for the life of the process.
   std::string NewId(const char* prefix);
+  // Logs a warning the first time each field name is ignored (bounded set of names).
+  void WarnIgnoredFields(const std::vector<std::string>& names);
+  Mutex warned_mu;
+  std::set<std::string, std::less<>> warned KVF_GUARDED_BY(warned_mu);
 };
 
 // Answers with an OpenAI error object (and the echoed X-Request-Id).
