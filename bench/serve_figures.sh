@@ -5,6 +5,7 @@
 #   2. disaggregated (prefiller + decoder + proxy) vs colocated: TTFT of 1,024-token prompts
 #      (one at a time), KV bytes per request and transfer time, over tcp and shm.
 # Usage: bench/serve_figures.sh [KVFERRY_BINARY] [--quick]
+# Env: PARTS="1 2" (which parts to run); LOGS_DIR=DIR keeps the servers' logs there.
 set -uo pipefail
 bin="$(readlink -f "${1:-build/release/kvferry}")"
 quick=0
@@ -14,6 +15,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
+  [ -n "${LOGS_DIR:-}" ] && mkdir -p "$LOGS_DIR" && cp "$work"/*.log "$LOGS_DIR"/ 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,6 +35,8 @@ weights=$(stat -c %s "$work/m/model.safetensors")
 kv="512MiB"
 serve_flags=(--host 127.0.0.1 --served-model-name q --kv-cache-memory "$kv" --max-num-seqs 16)
 
+parts="${PARTS:-1 2}"
+if [[ " $parts " == *" 1 "* ]]; then
 echo
 echo "== 1. colocated serve, input 128 / output 64 tokens, streamed"
 port=$(pick)
@@ -50,6 +54,8 @@ done
 hwm_kb=$(awk '/VmHWM/ {print $2}' /proc/$spid/status)
 echo "peak RSS $((hwm_kb / 1024)) MiB; weights $((weights / 1048576)) MiB + KV arena $kv + 300 MiB = $(( weights / 1048576 + 512 + 300 )) MiB budget"
 kill -TERM $spid; wait $spid 2>/dev/null
+fi
+[[ " $parts " == *" 2 "* ]] || exit 0
 
 echo
 echo "== 2. disaggregated vs colocated, 1,024-token prompts, max_tokens 8, one request at a time"
@@ -85,11 +91,13 @@ for proto in tcp shm; do
   xfers=$(metric "$P" kvferry:kv_transfers_total)
   bytes=$(metric "$P" kvferry:kv_transfer_bytes_total)
   secs=$(metric "$P" kvferry:kv_transfer_duration_seconds_sum)
+  descs=$(metric "$P" kvferry:kv_transfer_descriptors_total)
   python3 -c '
 import sys
 proto, c, x, n, b, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-print("%s: TTFT p50 colocated %.0f ms, through proxy %.0f ms (%+.1f%%); KV per request %.2f MiB, transfer %.1f ms (%.2f GB/s) over %d transfers" % (proto, c, x, (x / c - 1) * 100, b / n / 2**20, s / n * 1e3, b / s / 1e9 if s else 0, n))' \
-    "$proto" "$ttft_colocated" "$ttft_proxy" "$xfers" "$bytes" "$secs"
+d = float(sys.argv[7])
+print("%s: TTFT p50 colocated %.0f ms, through proxy %.0f ms (%+.1f%%); KV per request %.2f MiB in %.1f descriptors, transfer %.1f ms (%.2f GB/s) over %d transfers" % (proto, c, x, (x / c - 1) * 100, b / n / 2**20, d / n, s / n * 1e3, b / s / 1e9 if s else 0, n))' \
+    "$proto" "$ttft_colocated" "$ttft_proxy" "$xfers" "$bytes" "$secs" "$descs"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
   pids=()
