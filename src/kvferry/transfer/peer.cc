@@ -73,6 +73,11 @@ PeerTarget Peer::target() const {
   return target_;
 }
 
+std::shared_ptr<ShmMapping> Peer::mapping() const {
+  MutexLock l(mu_);
+  return target_.mapping;
+}
+
 void Peer::Stop() {
   std::deque<Slice> queued;
   {
