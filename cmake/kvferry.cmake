@@ -6,6 +6,19 @@ if(KVFERRY_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_CXX_COMPILER_LAUNCHER "${KVFERRY_CCACHE}")
 endif()
 
+# Precompiled headers for the translation units that spend a third of their time parsing the same
+# heavy third-party headers (CLI11 + nlohmann JSON in apps/, Boost.Beast/Asio in http/). Off by
+# default: ccache 4.7 does not cache a translation unit that uses a PCH unless configured for it
+# (sloppiness=pch_defines,time_macros), and the test presets lean on ccache. The demo preset
+# (`scripts/demo`; `scripts/setup --demo` installs no ccache) turns it on.
+option(KVFERRY_PCH "Precompiled headers for the heaviest targets" OFF)
+# kvferry_precompile(TARGET HEADER...): per-target, so a file added to any target still builds as is.
+function(kvferry_precompile TARGET)
+  if(KVFERRY_PCH)
+    target_precompile_headers(${TARGET} PRIVATE ${ARGN})
+  endif()
+endfunction()
+
 set(KVFERRY_WARNINGS -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
 if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
   list(APPEND KVFERRY_WARNINGS -Wthread-safety)
