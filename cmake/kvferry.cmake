@@ -6,15 +6,18 @@ if(KVFERRY_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_CXX_COMPILER_LAUNCHER "${KVFERRY_CCACHE}")
 endif()
 
-# Precompiled headers for the translation units that spend a third of their time parsing the same
-# heavy third-party headers (CLI11 + nlohmann JSON in apps/, Boost.Beast/Asio in http/). Off by
-# default: ccache 4.7 does not cache a translation unit that uses a PCH unless configured for it
-# (sloppiness=pch_defines,time_macros), and the test presets lean on ccache. The demo preset
-# (`scripts/demo`; `scripts/setup --demo` installs no ccache) turns it on.
-option(KVFERRY_PCH "Precompiled headers for the heaviest targets" OFF)
+# KVFERRY_FAST_BUILD: a cold build of the `kvferry` binary in less CPU time, for `scripts/demo`.
+#  - unity groups for apps/ (apps/CMakeLists.txt): 14 of its 16 files include the header-only
+#    CLI11 2.1, whose inline App/Option code every file compiled again (a third to half of each
+#    file's time); three groups compile it three times instead of fourteen.
+#  - precompiled headers for http/ (Boost.Beast/Asio, a third of each file's time is parsing).
+# Off by default: ccache 4.7 does not cache a translation unit that uses a PCH unless configured
+# for it (sloppiness=pch_defines,time_macros), and a unity group recompiles whole when one file
+# changes; the test presets lean on ccache and incremental builds. The demo preset turns it on.
+option(KVFERRY_FAST_BUILD "Unity groups and precompiled headers for the heaviest targets (scripts/demo)" OFF)
 # kvferry_precompile(TARGET HEADER...): per-target, so a file added to any target still builds as is.
 function(kvferry_precompile TARGET)
-  if(KVFERRY_PCH)
+  if(KVFERRY_FAST_BUILD)
     target_precompile_headers(${TARGET} PRIVATE ${ARGN})
   endif()
 endfunction()
