@@ -6,21 +6,15 @@ if(KVFERRY_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_CXX_COMPILER_LAUNCHER "${KVFERRY_CCACHE}")
 endif()
 
-# KVFERRY_FAST_BUILD: a cold build of the `kvferry` binary in less CPU time, for `scripts/demo`.
-#  - unity groups for apps/ (apps/CMakeLists.txt): 14 of its 16 files include the header-only
-#    CLI11 2.1, whose inline App/Option code every file compiled again (a third to half of each
-#    file's time); three groups compile it three times instead of fourteen.
-#  - precompiled headers for http/ (Boost.Beast/Asio, a third of each file's time is parsing).
-# Off by default: ccache 4.7 does not cache a translation unit that uses a PCH unless configured
-# for it (sloppiness=pch_defines,time_macros), and a unity group recompiles whole when one file
-# changes; the test presets lean on ccache and incremental builds. The demo preset turns it on.
-option(KVFERRY_FAST_BUILD "Unity groups and precompiled headers for the heaviest targets (scripts/demo)" OFF)
-# kvferry_precompile(TARGET HEADER...): per-target, so a file added to any target still builds as is.
-function(kvferry_precompile TARGET)
-  if(KVFERRY_FAST_BUILD)
-    target_precompile_headers(${TARGET} PRIVATE ${ARGN})
-  endif()
-endfunction()
+# KVFERRY_FAST_BUILD: a cold build of the `kvferry` binary in less CPU time, for `scripts/demo`:
+# unity groups for apps/ (apps/CMakeLists.txt). 14 of its 16 files include the header-only CLI11
+# 2.1, whose inline App/Option code every one of them compiled again (a third to half of each
+# file's time); three groups compile it three times instead of fourteen (apps/: ~260 s of CPU
+# time -> ~60 s). A precompiled header for http/'s Boost.Beast/Asio was tried and dropped: making
+# the .gch cost 20 s of CPU time, more than the two files save by not parsing Beast (8-10 s each).
+# Off by default: a unity group recompiles whole when one of its files changes, and the test
+# presets lean on incremental builds and ccache. The demo preset turns it on.
+option(KVFERRY_FAST_BUILD "Unity groups for the apps/ files (scripts/demo's preset)" OFF)
 
 set(KVFERRY_WARNINGS -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
 if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
