@@ -36,6 +36,9 @@ StatusOr<Protocol> ParseProtocol(std::string_view name) {
 
 namespace {
 
+// shm: batches up to this size are copied on the submitting thread (see Submit).
+constexpr uint64_t kInlineCopyMax = 8ull << 20;
+
 std::string RandomToken() {
   std::random_device rd;
   return fmt::format("{:08x}{:08x}", rd(), rd());
@@ -242,9 +245,11 @@ class TransferEngineImpl final : public TransferEngine {
     }
     // shm: requests inside a same-host target's mapped SharedMemory are copied here and now,
     // with memcpy: no thread hand-off and no system call. The rest is sliced for the lanes.
+    // A batch larger than kInlineCopyMax goes to the lanes whole: they copy its slices through
+    // the same mapping in parallel, which beats one thread once the copy leaves the caches.
     std::vector<bool> copied;
     uint64_t copied_bytes = 0;
-    if (options_.protocol == Protocol::kShm) {
+    if (options_.protocol == Protocol::kShm && total <= kInlineCopyMax) {
       uint64_t written = 0, read = 0;
       for (size_t i = 0; i < requests.size(); ++i) {
         const TransferRequest& r = requests[i];

@@ -211,6 +211,15 @@ void Peer::RunLane(Lane* lane) {
         Fail(s, DeadlineExceededError("transfer deadline passed before the request was sent"));
         continue;
       }
+      // shm: a slice inside the target's mapped memory is copied right here (large batches
+      // come this way so that the lanes copy in parallel; small ones are copied in Submit).
+      if (t.mapping && t.mapping->Copy(s.op, s.local, s.remote, s.length)) {
+        (s.op == Op::kWrite ? counters_->bytes_written : counters_->bytes_read)
+            .fetch_add(s.length, std::memory_order_relaxed);
+        counters_->bytes_mapped.fetch_add(s.length, std::memory_order_relaxed);
+        batches_->Complete(s.batch, Status::Ok(), s.length);
+        continue;
+      }
       if (fd < 0) {
         Status st = Connect(t, Deadline::After(options_.connect_timeout).Min(s.deadline), &fd);
         if (!st.ok()) {

@@ -114,6 +114,16 @@ TEST(ShmMapTest, CopiesThroughTheMappingWithTheSameBounds) {
       ASSERT_EQ(std::memcmp(dst, src, len), 0) << "read of " << len;
     }
   }
+  // A batch larger than the inline limit (8 MiB) is copied by the lanes, through the same mapping.
+  Fill(src, kLen, 77);
+  std::vector<TransferRequest> big;
+  for (size_t off = 0; off < kLen; off += kLen / 4) {
+    big.push_back({Op::kWrite, src + off, p.seg, remote + off, kLen / 4});
+    big.push_back({Op::kRead, dst + off, p.seg, remote + off, 0});  // zero length: nothing to do
+  }
+  big.push_back({Op::kWrite, src, p.seg, remote, kLen});  // the same bytes again: 16 MiB in all
+  ASSERT_TRUE(p.init->Transfer(big).ok());
+  ASSERT_EQ(std::memcmp(p.registered, src, kLen), 0);
   TransferStats st = p.init->GetStats();
   EXPECT_EQ(st.bytes_mapped, st.bytes_written + st.bytes_read);  // all of it through the mapping
   EXPECT_EQ(p.target->GetStats().served_bytes_in, 0u);          // none through the target's socket
