@@ -223,4 +223,25 @@ struct MakeTinyOptions {
 // depends on the whole prompt, which makes the model a sharp test of the forward pass.
 Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& options);
 
+// --- GGUF files ----------------------------------------------------------------------------
+
+// Weight types of a GGUF file written by ConvertToGguf. Matrices take the type; norms, biases
+// and rope_freqs stay f32. kQ4_0 stores the output projection as Q6_K; kQ4_K_M mixes Q4_K with
+// Q6_K for the output projection and for attn_v / ffn_down of llama-quantize's "more bits"
+// layers. K-quant matrices whose rows are not a multiple of 256 are stored as Q8_0.
+enum class GgufFileType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K_M };
+const char* GgufFileTypeName(GgufFileType type);  // "f32", ..., "q4_k_m"
+StatusOr<GgufFileType> ParseGgufFileType(std::string_view name);
+
+struct GgufConvertOptions {
+  GgufFileType type = GgufFileType::kF32;
+};
+
+// Converts the HF model directory `dir` (config.json, safetensors, tokenizer.json and
+// tokenizer_config.json with a byte-level BPE tokenizer) into the GGUF file `path` with
+// llama.cpp's tensor names and conventions: the Q/K row permutation of llama, tied output
+// weights (no output.weight), llama3 RoPE scaling as rope_freqs.weight, and the tokenizer and
+// chat template as `tokenizer.ggml.*` / `tokenizer.chat_template` metadata.
+Status ConvertToGguf(const std::string& dir, const std::string& path, const GgufConvertOptions& options);
+
 }  // namespace kvferry::model

@@ -1,0 +1,202 @@
+// ConvertToGguf on make-tiny models: names, types, metadata and values against the safetensors
+// the file was made from.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "kvferry/kernels/quant.h"
+#include "kvferry/model/gguf.h"
+#include "kvferry/model/model.h"
+#include "kvferry/model/weights.h"
+
+namespace kvferry::model {
+namespace {
+
+using kernels::QuantType;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class GgufConvertTest : public ::testing::Test {
+ protected:
+  // hidden 256 so that the K-quants apply to the rows of length hidden.
+  std::string MakeModel(Architecture arch, bool tie = false) {
+    const std::string dir = ::testing::TempDir() + "/gguf_convert_" + std::string(GgufNameOf(arch)) + (tie ? "_tied" : "");
+    std::filesystem::remove_all(dir);
+    MakeTinyOptions o;
+    o.arch = arch;
+    o.hidden_size = 256;
+    o.intermediate_size = 512;
+    o.num_heads = 4;
+    o.num_kv_heads = 2;
+    o.num_layers = 3;
+    o.vocab_size = 384;
+    o.tie_word_embeddings = tie ? 1 : 0;
+    o.show_progress = false;
+    EXPECT_TRUE(MakeTinyModel(dir, o).ok());
+    return dir;
+  }
+  static const char* GgufNameOf(Architecture a) {
+    return a == Architecture::kQwen2 ? "qwen2" : a == Architecture::kLlama ? "llama" : "qwen3";
+  }
+  std::string Convert(const std::string& dir, GgufFileType type) {
+    const std::string path = dir + "/model-" + GgufFileTypeName(type) + ".gguf";
+    GgufConvertOptions co;
+    co.type = type;
+    Status st = ConvertToGguf(dir, path, co);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return ReadAll(path);
+  }
+  // The HF tensor as floats.
+  std::vector<float> Hf(const std::string& dir, const std::string& name, std::vector<int64_t> shape) {
+    auto files = WeightFiles::Open(dir);
+    EXPECT_TRUE(files.ok());
+    auto v = (*files)->Get(name, shape);
+    EXPECT_TRUE(v.ok()) << v.status().ToString();
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<float> out(n);
+    kernels::ConvertToF32(v->data, v->dtype, n, out.data());
+    return out;
+  }
+  // The GGUF tensor as floats (dequantized).
+  std::vector<float> Gg(const std::string& bytes, const GgufTensor& t) {
+    std::vector<float> out(t.numel());
+    const char* p = bytes.data() + t.offset;
+    switch (t.type) {
+      case 0: std::memcpy(out.data(), p, out.size() * 4); break;
+      case 1: kernels::ConvertToF32(p, kernels::DType::kF16, t.numel(), out.data()); break;
+      case 30: kernels::ConvertToF32(p, kernels::DType::kBF16, t.numel(), out.data()); break;
+      default: {
+        const QuantType q = t.type == 8 ? QuantType::kQ8_0 : t.type == 2 ? QuantType::kQ4_0 : t.type == 12 ? QuantType::kQ4_K : QuantType::kQ6_K;
+        const int64_t rows = t.numel() / t.ne[0];
+        for (int64_t r = 0; r < rows; ++r)
+          kernels::DequantizeRow(q, p + r * kernels::QuantRowBytes(q, t.ne[0]), t.ne[0], out.data() + r * t.ne[0]);
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(GgufConvertTest, Qwen2F32IsExactWithMetadata) {
+  const std::string dir = MakeModel(Architecture::kQwen2, /*tie=*/true);
+  const std::string bytes = Convert(dir, GgufFileType::kF32);
+  auto f = ParseGguf(bytes);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(*f->GetString("general.architecture"), "qwen2");
+  EXPECT_EQ(*f->GetInt("qwen2.block_count"), 3);
+  EXPECT_EQ(*f->GetInt("qwen2.embedding_length"), 256);
+  EXPECT_EQ(*f->GetInt("qwen2.attention.head_count_kv"), 2);
+  EXPECT_EQ(*f->GetFloat("qwen2.rope.freq_base"), 1e6);
+  EXPECT_EQ(*f->GetString("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(*f->GetString("tokenizer.ggml.pre"), "qwen2");
+  auto tokens = f->GetStringArray("tokenizer.ggml.tokens");
+  ASSERT_TRUE(tokens.ok());
+  ASSERT_EQ(tokens->size(), 384u);
+  EXPECT_EQ((*tokens)[0], "!");  // byte-level: byte 0x21 first
+  const SpecialTokenIds sp = PlaceholderSpecialTokens(384);
+  EXPECT_EQ((*tokens)[sp.im_end], "<|im_end|>");
+  EXPECT_EQ(*f->GetInt("tokenizer.ggml.eos_token_id"), sp.im_end);
+  EXPECT_EQ(f->GetIntArray("tokenizer.ggml.token_type")->at(sp.im_end), 3);  // CONTROL
+  EXPECT_GT(f->GetStringArray("tokenizer.ggml.merges")->size(), 0u);
+  EXPECT_NE(f->GetString("tokenizer.chat_template")->find("<|im_start|>"), std::string::npos);
+  // Tied: no output.weight. Biases and norms are there and exact.
+  EXPECT_EQ(f->FindTensor("output.weight"), nullptr);
+  const GgufTensor* qb = f->FindTensor("blk.1.attn_q.bias");
+  ASSERT_NE(qb, nullptr);
+  EXPECT_EQ(Gg(bytes, *qb), Hf(dir, "model.layers.1.self_attn.q_proj.bias", {256}));
+  const GgufTensor* emb = f->FindTensor("token_embd.weight");
+  ASSERT_NE(emb, nullptr);
+  EXPECT_EQ(emb->ne, (std::vector<int64_t>{256, 384}));
+  EXPECT_EQ(Gg(bytes, *emb), Hf(dir, "model.embed_tokens.weight", {384, 256}));
+  EXPECT_EQ(f->tensors.size(), 1u + 1u + 3u * 12u);  // embd, output_norm, 12 per layer
+}
+
+TEST_F(GgufConvertTest, LlamaQkRowsArePermutedLikeLlamaCpp) {
+  const std::string dir = MakeModel(Architecture::kLlama);
+  const std::string bytes = Convert(dir, GgufFileType::kF32);
+  auto f = ParseGguf(bytes);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(*f->GetInt("llama.rope.dimension_count"), 64);
+  EXPECT_EQ(*f->GetInt("llama.vocab_size"), 384);
+  const int64_t hd = 64;
+  for (auto [hf, gg, heads] : {std::tuple{"self_attn.q_proj.weight", "attn_q.weight", 4},
+                               std::tuple{"self_attn.k_proj.weight", "attn_k.weight", 2}}) {
+    const auto src = Hf(dir, std::string("model.layers.2.") + hf, {heads * hd, 256});
+    const GgufTensor* t = f->FindTensor(std::string("blk.2.") + gg);
+    ASSERT_NE(t, nullptr);
+    const auto dst = Gg(bytes, *t);
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < hd / 2; ++i)
+        for (int half = 0; half < 2; ++half)
+          for (int col = 0; col < 256; col += 51)
+            ASSERT_EQ(dst[(h * hd + 2 * i + half) * 256 + col], src[(h * hd + half * hd / 2 + i) * 256 + col]);
+  }
+  // v is not permuted; llama3 scaling became rope_freqs.weight (1 for high frequencies, the
+  // factor for the lowest).
+  EXPECT_EQ(Gg(bytes, *f->FindTensor("blk.0.attn_v.weight")), Hf(dir, "model.layers.0.self_attn.v_proj.weight", {128, 256}));
+  const GgufTensor* rf = f->FindTensor("rope_freqs.weight");
+  ASSERT_NE(rf, nullptr);
+  const auto factors = Gg(bytes, *rf);
+  ASSERT_EQ(factors.size(), 32u);
+  EXPECT_NEAR(factors[0], 1.0f, 1e-5f);
+  EXPECT_GT(factors[31], 1.5f);
+  ASSERT_NE(f->FindTensor("output.weight"), nullptr);
+}
+
+TEST_F(GgufConvertTest, QuantizedTypesAndErrors) {
+  const std::string dir = MakeModel(Architecture::kQwen3);
+  for (GgufFileType ft : {GgufFileType::kBF16, GgufFileType::kF16, GgufFileType::kQ8_0, GgufFileType::kQ4_0, GgufFileType::kQ4_K_M}) {
+    SCOPED_TRACE(GgufFileTypeName(ft));
+    const std::string bytes = Convert(dir, ft);
+    auto f = ParseGguf(bytes);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    EXPECT_EQ(*f->GetInt("qwen3.attention.key_length"), 64);
+    ASSERT_NE(f->FindTensor("blk.0.attn_k_norm.weight"), nullptr);
+    EXPECT_EQ(f->FindTensor("blk.0.attn_k_norm.weight")->type, 0u);  // 1-D stays f32
+    for (const GgufTensor& t : f->tensors) {
+      if (t.ne.size() != 2) continue;
+      // Values within the quantization error of each type (relative RMS over the tensor).
+      std::string hf;
+      const std::string n(t.name);
+      if (n == "token_embd.weight") hf = "model.embed_tokens.weight";
+      else if (n == "output.weight") hf = "lm_head.weight";
+      else continue;
+      const auto a = Hf(dir, hf, t.shape()), b = Gg(bytes, t);
+      double e2 = 0, x2 = 0;
+      for (size_t i = 0; i < a.size(); ++i) e2 += (a[i] - b[i]) * (a[i] - b[i]), x2 += a[i] * a[i];
+      EXPECT_LT(std::sqrt(e2 / x2), ft == GgufFileType::kQ4_0 || ft == GgufFileType::kQ4_K_M ? 0.13 : 0.02) << n;
+    }
+    const auto type_of = [&](const char* name) { return GgmlTypeName(f->FindTensor(name)->type); };
+    switch (ft) {
+      case GgufFileType::kQ8_0: EXPECT_EQ(type_of("blk.1.ffn_up.weight"), "Q8_0"); break;
+      case GgufFileType::kQ4_0:
+        EXPECT_EQ(type_of("blk.1.ffn_up.weight"), "Q4_0");
+        EXPECT_EQ(type_of("output.weight"), "Q6_K");
+        break;
+      case GgufFileType::kQ4_K_M:
+        EXPECT_EQ(type_of("blk.1.ffn_up.weight"), "Q4_K");
+        EXPECT_EQ(type_of("output.weight"), "Q6_K");
+        // 3 layers: n/8 = 0, 7n/8 = 2: layers 2 and (l % 3 == 2) get more bits.
+        EXPECT_EQ(type_of("blk.0.attn_v.weight"), "Q4_K");
+        EXPECT_EQ(type_of("blk.2.attn_v.weight"), "Q6_K");
+        EXPECT_EQ(type_of("blk.2.ffn_down.weight"), "Q6_K");
+        break;
+      default: EXPECT_EQ(type_of("blk.1.ffn_up.weight"), ft == GgufFileType::kBF16 ? "BF16" : "F16");
+    }
+  }
+  GgufConvertOptions co;
+  EXPECT_EQ(ConvertToGguf(dir + "/nope", dir + "/x.gguf", co).code(), StatusCode::kNotFound);
+  EXPECT_FALSE(ParseGgufFileType("q5_k_m").ok());
+}
+
+}  // namespace
+}  // namespace kvferry::model
