@@ -198,5 +198,94 @@ TEST_F(GgufConvertTest, QuantizedTypesAndErrors) {
   EXPECT_FALSE(ParseGgufFileType("q5_k_m").ok());
 }
 
+// Logits of every position of a 40-token prompt (one prefill).
+std::vector<float> Logits(Model& m, int vocab) {
+  std::vector<int32_t> toks;
+  for (int i = 0; i < 40; ++i) toks.push_back(static_cast<int32_t>((i * 7919 + 13) % vocab));
+  std::vector<int32_t> blocks = {0, 1, 2};
+  auto cache = m.CreateKvCache({.num_blocks = 4, .block_size = 16, .dtype = DType::kF32});
+  EXPECT_TRUE(cache.ok());
+  SequenceInput in{toks, 0, blocks, true};
+  ForwardOutput out;
+  Status st = m.Forward({&in, 1}, **cache, &out);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return out.logits;
+}
+
+// A GGUF file loads where a directory goes and computes what the directory does: exactly for
+// the same f32 / bf16 weights (qwen2, qwen3), and up to the f32 rounding of rope_freqs for llama
+// (whose Q/K rows come back from llama.cpp's permutation).
+TEST_F(GgufConvertTest, LoadsAndMatchesTheDirectory) {
+  for (Architecture arch : {Architecture::kQwen2, Architecture::kLlama, Architecture::kQwen3}) {
+    SCOPED_TRACE(GgufNameOf(arch));
+    const std::string dir = MakeModel(arch);
+    Convert(dir, GgufFileType::kF32);
+    Convert(dir, GgufFileType::kBF16);
+    LoadOptions lo;
+    lo.num_threads = 1;
+    lo.show_progress = false;
+    lo.use_gemm_library = false;  // oneDNN's bf16 GEMM rounds activations; keep the paths alike
+    auto hf = Model::Load(dir, lo);
+    ASSERT_TRUE(hf.ok()) << hf.status().ToString();
+    const auto want = Logits(**hf, 384);
+    for (const char* type : {"f32", "bf16"}) {
+      auto gg = Model::Load(dir + "/model-" + type + ".gguf", lo);
+      ASSERT_TRUE(gg.ok()) << gg.status().ToString();
+      const ModelConfig& a = (*hf)->config();
+      const ModelConfig& b = (*gg)->config();
+      EXPECT_EQ(b.arch, a.arch);
+      EXPECT_EQ(b.head_dim, a.head_dim);
+      EXPECT_EQ(b.vocab_size, a.vocab_size);
+      EXPECT_EQ(b.qkv_bias, a.qkv_bias);
+      EXPECT_EQ(b.qk_norm, a.qk_norm);
+      EXPECT_EQ(b.tie_word_embeddings, a.tie_word_embeddings);
+      EXPECT_EQ(b.eos_token_ids.at(0), PlaceholderSpecialTokens(384).im_end);
+      std::vector<float> fa, fb;
+      float af = 0, bf = 0;
+      RopeFrequencies(a, &fa, &af);
+      RopeFrequencies(b, &fb, &bf);
+      ASSERT_EQ(fa.size(), fb.size());
+      EXPECT_EQ(af, bf);
+      for (size_t i = 0; i < fa.size(); ++i) EXPECT_NEAR(fb[i] / fa[i], 1.0, 1e-6) << i;
+      EXPECT_EQ(static_cast<float>(b.rms_norm_eps), static_cast<float>(a.rms_norm_eps));  // stored as float32
+      EXPECT_EQ(b.rope_theta, a.rope_theta);
+      EXPECT_EQ(b.num_kv_heads, a.num_kv_heads);
+      EXPECT_EQ(b.o_bias, a.o_bias);
+      const auto got = Logits(**gg, 384);
+      ASSERT_EQ(got.size(), want.size());
+      double max_diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
+      // The tiny model is bf16: the bf16 file holds the same values, f32 too.
+      if (arch == Architecture::kLlama) {
+        EXPECT_LT(max_diff, 2e-3) << type;
+      } else {
+        EXPECT_EQ(max_diff, 0.0) << type;
+      }
+    }
+  }
+}
+
+TEST_F(GgufConvertTest, LoadErrorsNameTensorAndType) {
+  const std::string dir = MakeModel(Architecture::kQwen2);
+  Convert(dir, GgufFileType::kQ4_0);
+  Convert(dir, GgufFileType::kF32);
+  LoadOptions lo;
+  lo.show_progress = false;
+  auto gg = Model::Load(dir + "/model-q4_0.gguf", lo);
+  ASSERT_FALSE(gg.ok());
+  EXPECT_NE(gg.status().message().find("has dtype Q4_0"), std::string::npos) << gg.status().ToString();
+  // Metadata of the wrong type.
+  std::string bytes = ReadAll(dir + "/model-f32.gguf");
+  const std::string k = "qwen2.block_count";
+  const size_t at = bytes.find(k);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + k.size()] = 8;  // uint32 -> string: the 4 value bytes become a length prefix
+  const std::string bad = dir + "/bad.gguf";
+  std::ofstream(bad, std::ios::binary) << bytes;
+  auto b = Model::Load(bad, lo);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("bad.gguf"), std::string::npos) << b.status().ToString();
+}
+
 }  // namespace
 }  // namespace kvferry::model

@@ -9,6 +9,7 @@
 
 #include "kvferry/model/model.h"
 #include "kvferry/model/progress.h"
+#include "kvferry/model/gguf_model.h"
 #include "kvferry/model/weights.h"
 
 namespace kvferry::model {
@@ -153,12 +154,16 @@ Model::~Model() = default;
 
 StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
   auto impl = std::make_unique<Impl>();
-  const std::string config_path = dir + "/config.json";
-  KVF_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
-  auto config = ParseModelConfig(text);
-  if (!config.ok()) return config.status().WithContext(config_path);
-  impl->config = *config;
-  auto weights = WeightFiles::Open(dir);
+  if (IsGgufFile(dir)) {  // a GGUF file where a directory goes (gguf_model.cc)
+    KVF_ASSIGN_OR_RETURN(impl->config, ReadGgufConfig(dir));
+  } else {
+    const std::string config_path = dir + "/config.json";
+    KVF_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+    auto config = ParseModelConfig(text);
+    if (!config.ok()) return config.status().WithContext(config_path);
+    impl->config = *config;
+  }
+  auto weights = IsGgufFile(dir) ? WeightFiles::OpenGguf(dir, impl->config) : WeightFiles::Open(dir);
   if (!weights.ok()) return weights.status();
   impl->weights = std::move(*weights);
   Status st = impl->LoadTensors(options, dir);

@@ -67,6 +67,9 @@ struct ModelConfig {
   DType torch_dtype = DType::kBF16;
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
+  // GGUF files (llama.cpp's rope_freqs.weight): inv_freq[i] is divided by factor i, after
+  // rope_scaling. Empty: none.
+  std::vector<float> rope_freq_factors;
 };
 
 // Parses config.json text. Unknown architectures and unsupported features (sliding window,
@@ -149,7 +152,8 @@ struct LoadOptions {
 
 class Model {
  public:
-  // Loads `dir`: config.json, then model.safetensors or model.safetensors.index.json + shards.
+  // Loads `dir`: config.json, then model.safetensors or model.safetensors.index.json + shards;
+  // or, when `dir` is a GGUF file, the config and weights from it (gguf_model.cc).
   // Errors name the file and tensor (missing tensor, wrong shape or dtype, truncated file).
   static StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOptions& options);
   ~Model();

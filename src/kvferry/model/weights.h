@@ -10,6 +10,7 @@
 
 #include "kvferry/base/base.h"
 #include "kvferry/kernels/kernels.h"
+#include "kvferry/model/model.h"
 #include "kvferry/model/safetensors.h"
 
 namespace kvferry::model {
@@ -41,6 +42,9 @@ class WeightFiles {
  public:
   // Opens model.safetensors, or the shards named by model.safetensors.index.json, in `dir`.
   static StatusOr<std::unique_ptr<WeightFiles>> Open(const std::string& dir);
+  // Opens a GGUF file for `config` (from ModelConfigFromGguf) and names its tensors like HF
+  // does (gguf_model.cc); llama's permuted Q/K rows are restored into owned copies.
+  static StatusOr<std::unique_ptr<WeightFiles>> OpenGguf(const std::string& path, const ModelConfig& config);
 
   bool Has(const std::string& name) const { return index_.count(name) != 0; }
   // The tensor `name`, which must be a float tensor of exactly `shape`.
@@ -52,7 +56,9 @@ class WeightFiles {
   struct Entry {
     size_t file;
     TensorInfo info;
+    const char* owned = nullptr;  // data in owned_ rather than in the file (GGUF Q/K of llama)
   };
+  std::vector<std::unique_ptr<char[]>> owned_;
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::vector<std::string> file_names_;
   std::map<std::string, Entry> index_;
