@@ -10,8 +10,10 @@
 
 #include "kvferry/kernels/quant.h"
 #include "kvferry/model/gguf.h"
+#include "kvferry/model/gguf_writer.h"
 #include "kvferry/model/model.h"
 #include "kvferry/model/weights.h"
+#include "kvferry/tokenizer/tokenizer.h"
 
 namespace kvferry::model {
 namespace {
@@ -285,6 +287,47 @@ TEST_F(GgufConvertTest, LoadErrorsNameTensorAndType) {
   auto b = Model::Load(bad, lo);
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find("bad.gguf"), std::string::npos) << b.status().ToString();
+}
+
+// The tokenizer and chat template rebuilt from the file's metadata encode, decode and render
+// like the directory's tokenizer.json / tokenizer_config.json.
+TEST_F(GgufConvertTest, TokenizerFromMetadataMatchesTheDirectory) {
+  for (Architecture arch : {Architecture::kQwen2, Architecture::kLlama}) {
+    const std::string dir = MakeModel(arch);
+    Convert(dir, GgufFileType::kQ8_0);
+    const std::string path = dir + "/model-q8_0.gguf";
+    auto a = tokenizer::Tokenizer::Load(dir);
+    auto b = tokenizer::Tokenizer::Load(path);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    const char* texts[] = {"the theory of the thing", "Hello, world! 12345 there", " leading and  double  spaces\n\n",
+                           "<|im_start|>user\nhi<|im_end|>", "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x99\x82 re-entry 'll 've",
+                           ""};
+    for (const char* t : texts) {
+      SCOPED_TRACE(t);
+      const auto ids = (*a)->Encode(t);
+      EXPECT_EQ((*b)->Encode(t), ids);
+      EXPECT_EQ((*b)->Decode(ids), (*a)->Decode(ids));
+      EXPECT_EQ((*b)->Encode(t, true), (*a)->Encode(t, true));
+    }
+    EXPECT_EQ((*b)->eos_token_id(), (*a)->eos_token_id());
+    EXPECT_EQ((*b)->stop_token_ids(), std::vector<int32_t>{static_cast<int32_t>(PlaceholderSpecialTokens(384).im_end)});
+    const SpecialTokenIds sp = PlaceholderSpecialTokens(384);
+    EXPECT_TRUE((*b)->IsSpecial(static_cast<int32_t>(sp.im_start)));
+    auto ta = tokenizer::ChatTemplate::Load(dir);
+    auto tb = tokenizer::ChatTemplate::Load(path);
+    ASSERT_TRUE(ta.ok() && tb.ok()) << tb.status().ToString();
+    const tokenizer::ChatMessage msgs[] = {{"system", "be brief"}, {"user", "hi there"}};
+    EXPECT_EQ(*(*tb)->Render(msgs), *(*ta)->Render(msgs));
+  }
+  // A file without tokenizer metadata says so.
+  GgufWriter w;
+  w.AddString("general.architecture", "qwen2");
+  const std::string bare = ::testing::TempDir() + "/bare.gguf";
+  ASSERT_TRUE(w.Write(bare).ok());
+  auto t = tokenizer::Tokenizer::Load(bare);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("tokenizer.ggml.model"), std::string::npos) << t.status().ToString();
 }
 
 }  // namespace
