@@ -11,9 +11,6 @@
 
 namespace kvferry::model {
 
-// Whether `path` names a GGUF file (a regular file starting with the GGUF magic).
-bool IsGgufFile(const std::string& path);
-
 // The config of a qwen2 / llama / qwen3 GGUF file: shapes from `{arch}.*` metadata (head_dim
 // from attention.key_length), vocab from token_embd.weight, biases / q-k norms / tied output
 // from which tensors exist, rope_freqs.weight as rope_freq_factors, bos/eos from
@@ -21,8 +18,7 @@ bool IsGgufFile(const std::string& path);
 // mistyped metadata is InvalidArgument naming the key.
 // `bytes` are the file's (rope_freqs.weight is read from them).
 StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& file, std::string_view bytes);
-// Maps, parses and reads the config of the GGUF file at `path`; errors carry the path.
-StatusOr<ModelConfig> ReadGgufConfig(const std::string& path);
+// IsGgufFile and ReadGgufConfig are public (model.h).
 
 // The GGUF name of an HF tensor name ("model.layers.3.self_attn.q_proj.weight" ->
 // "blk.3.attn_q.weight"), or "" if there is none.

@@ -248,4 +248,10 @@ struct GgufConvertOptions {
 // chat template as `tokenizer.ggml.*` / `tokenizer.chat_template` metadata.
 Status ConvertToGguf(const std::string& dir, const std::string& path, const GgufConvertOptions& options);
 
+// Whether `path` names a GGUF file (a regular file starting with the GGUF magic): Model::Load
+// and the tokenizer take such a path where a model directory goes.
+bool IsGgufFile(const std::string& path);
+// The config of the GGUF model file at `path`, from its metadata, as Model::Load reads it.
+StatusOr<ModelConfig> ReadGgufConfig(const std::string& path);
+
 }  // namespace kvferry::model
