@@ -72,3 +72,23 @@ float QuantErrorBound(QuantType type, const void* in, int64_t i);
 void Q4KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m);
 
 }  // namespace kvferry::kernels
+
+namespace kvferry::kernels {
+
+// y[t][n] = sum_k x[t][k] * W[n][k] for t < m, n < rows, where W is `rows` rows of `cols`
+// elements (cols a multiple of the block) quantized as `type`, QuantRowBytes(type, cols) bytes
+// a row, one after the other. x rows have stride ldx, y rows stride ldy.
+//
+// QuantMatMulReference dequantizes each row and accumulates in double: the exact product of
+// the stored weights, for tests. QuantMatMul is the fast path: activations quantized to int8
+// per 32 elements (like llama.cpp's Q8 activations) and int8 dot products (AVX-512 VNNI
+// vpdpbusd) when the CPU has them, else the reference; it differs from the reference by the
+// activations' rounding (relative ~0.4% per block).
+void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
+                          int64_t ldx, float* y, int64_t ldy);
+void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                 float* y, int64_t ldy);
+// Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU.
+bool QuantMatMulHasVnni();
+
+}  // namespace kvferry::kernels

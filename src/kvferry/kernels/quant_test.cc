@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -177,6 +179,43 @@ TEST(QuantTest, LayoutsMatchGgml) {
         ASSERT_EQ(y[128 * n + l + 64], 0.25f * s[is + 4] * q3);
         ASSERT_EQ(y[128 * n + l + 96], 0.25f * s[is + 6] * q4);
       }
+  }
+}
+
+// The VNNI kernel (activations rounded to int8 per 32) against the exact product of the stored
+// weights: each output within the bound that rounding allows, sum_k |w_k| * amax(x block) / 254.
+TEST(QuantTest, MatMulMatchesReference) {
+  if (!QuantMatMulHasVnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU (QuantMatMul is the reference there)";
+  for (QuantType t : kTypes) {
+    for (int64_t cols : {96, 256, 512, 1280}) {
+      for (int64_t m : {1, 3, 6}) {
+        if (QuantBlockElems(t) == 256 && cols % 256 != 0) continue;
+        SCOPED_TRACE(std::string(QuantTypeName(t)) + " cols " + std::to_string(cols) + " m " + std::to_string(m));
+        const int64_t rows = 37;
+        const auto wf = Gaussian(rows * cols, 11 + cols);
+        std::vector<uint8_t> w(rows * QuantRowBytes(t, cols));
+        for (int64_t r = 0; r < rows; ++r)
+          QuantizeRow(t, wf.data() + r * cols, cols, w.data() + r * QuantRowBytes(t, cols));
+        auto x = Gaussian(m * cols, 5 + m, 2.0f);
+        x[3] = 40.0f;  // an outlier: its block gets a coarse scale
+        std::vector<float> y(m * rows), ref(m * rows);
+        QuantMatMul(t, w.data(), rows, cols, x.data(), m, cols, y.data(), rows);
+        QuantMatMulReference(t, w.data(), rows, cols, x.data(), m, cols, ref.data(), rows);
+        std::vector<float> deq(cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRow(t, w.data() + r * QuantRowBytes(t, cols), cols, deq.data());
+          for (int64_t i = 0; i < m; ++i) {
+            double bound = 0;
+            for (int64_t b = 0; b < cols; b += 32) {
+              float amax = 0;
+              for (int64_t k = b; k < b + 32; ++k) amax = std::max(amax, std::fabs(x[i * cols + k]));
+              for (int64_t k = b; k < b + 32; ++k) bound += std::fabs(deq[k]) * amax / 254.0;
+            }
+            ASSERT_NEAR(y[i * rows + r], ref[i * rows + r], bound * 1.01 + 1e-3) << "row " << r << " token " << i;
+          }
+        }
+      }
+    }
   }
 }
 

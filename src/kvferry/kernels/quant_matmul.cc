@@ -1,0 +1,41 @@
+// QuantMatMulReference and the dispatch of QuantMatMul.
+#include <vector>
+
+#include "kvferry/kernels/quant.h"
+
+namespace kvferry::kernels {
+
+// quant_avx512.cc (compiled with AVX-512 VNNI flags; called only when the CPU has them).
+void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
+                     int64_t ldx, float* y, int64_t ldy);
+
+void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
+                          int64_t ldx, float* y, int64_t ldy) {
+  const int64_t rb = QuantRowBytes(type, cols);
+  std::vector<float> row(cols);
+  for (int64_t n = 0; n < rows; ++n) {
+    DequantizeRow(type, static_cast<const char*>(w) + n * rb, cols, row.data());
+    for (int64_t t = 0; t < m; ++t) {
+      double s = 0;
+      for (int64_t k = 0; k < cols; ++k) s += static_cast<double>(row[k]) * x[t * ldx + k];
+      y[t * ldy + n] = static_cast<float>(s);
+    }
+  }
+}
+
+bool QuantMatMulHasVnni() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                 float* y, int64_t ldy) {
+  if (QuantMatMulHasVnni()) {
+    QuantMatMulVnni(type, w, rows, cols, x, m, ldx, y, ldy);
+  } else {
+    QuantMatMulReference(type, w, rows, cols, x, m, ldx, y, ldy);
+  }
+}
+
+}  // namespace kvferry::kernels
