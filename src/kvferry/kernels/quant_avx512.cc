@@ -25,6 +25,9 @@ namespace {
 
 constexpr int kMaxTokens = 4;  // token rows that share one pass over the weights
 
+// F16C, inline (F16ToF32 is an out-of-line call: a measurable share per 32-weight block).
+inline float Half(uint16_t h) { return _cvtsh_ss(h); }
+
 // One token's activations, quantized, padded with zeros to a multiple of 64 elements.
 struct QuantizedRow {
   std::vector<int8_t> q;    // xq
@@ -74,7 +77,7 @@ Chunk Q8_0Chunk(const BlockQ8_0* blk, bool two) {
   const __m256i lo = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[0].qs)), flip);
   const __m256i hi = two ? _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[1].qs)), flip)
                          : _mm256_setzero_si256();
-  const __m512 a = Halves(F16ToF32(blk[0].d), two ? F16ToF32(blk[1].d) : 0.0f);
+  const __m512 a = Halves(Half(blk[0].d), two ? Half(blk[1].d) : 0.0f);
   return {Concat(lo, hi), a, _mm512_mul_ps(a, _mm512_set1_ps(128.0f))};
 }
 
@@ -85,7 +88,7 @@ __m256i Q4_0Bytes(const BlockQ4_0& b) {
 }
 
 Chunk Q4_0Chunk(const BlockQ4_0* blk, bool two) {
-  const __m512 a = Halves(F16ToF32(blk[0].d), two ? F16ToF32(blk[1].d) : 0.0f);
+  const __m512 a = Halves(Half(blk[0].d), two ? Half(blk[1].d) : 0.0f);
   return {Concat(Q4_0Bytes(blk[0]), two ? Q4_0Bytes(blk[1]) : _mm256_setzero_si256()), a,
           _mm512_mul_ps(a, _mm512_set1_ps(8.0f))};
 }
@@ -96,12 +99,13 @@ struct Q4KScales {
 };
 Q4KScales Q4KBlockScales(const BlockQ4_K& blk) {
   Q4KScales s;
-  const float d = F16ToF32(blk.d), dmin = F16ToF32(blk.dmin);
-  for (int j = 0; j < 8; ++j) {
-    uint8_t sc, m;
-    Q4KScaleMin(blk.scales, j, &sc, &m);
-    s.a[j] = d * sc;
-    s.b[j] = dmin * m;
+  const float d = Half(blk.d), dmin = Half(blk.dmin);
+  const uint8_t* q = blk.scales;  // the packing of Q4KScaleMin, inline
+  for (int j = 0; j < 4; ++j) {
+    s.a[j] = d * static_cast<float>(q[j] & 63);
+    s.b[j] = dmin * static_cast<float>(q[j + 4] & 63);
+    s.a[j + 4] = d * static_cast<float>((q[j + 8] & 15) | ((q[j] >> 6) << 4));
+    s.b[j + 4] = dmin * static_cast<float>((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
   }
   return s;
 }
@@ -168,7 +172,7 @@ void RowDot(QuantType type, const char* row, int64_t cols, const QuantizedRow* c
       const auto* b = reinterpret_cast<const BlockQ6_K*>(row);
       for (int64_t i = 0; i < cols / 256; ++i) {
         float a16[16];
-        const float d = F16ToF32(b[i].d);
+        const float d = Half(b[i].d);
         for (int j = 0; j < 16; ++j) a16[j] = d * b[i].scales[j];
         for (int c = 0; c < 4; ++c) Accumulate(Q6KChunk(b[i], a16, c), xs, nt, 256 * i + 64 * c, acc);
       }
