@@ -90,5 +90,8 @@ void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, cons
                  float* y, int64_t ldy);
 // Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU.
 bool QuantMatMulHasVnni();
+// The QuantType of a quantized DType (kernels.h).
+enum class DType : uint8_t;
+QuantType QuantTypeOf(DType dtype);
 
 }  // namespace kvferry::kernels

@@ -1,6 +1,7 @@
 // QuantMatMulReference and the dispatch of QuantMatMul.
 #include <vector>
 
+#include "kvferry/kernels/kernels.h"
 #include "kvferry/kernels/quant.h"
 
 namespace kvferry::kernels {
@@ -36,6 +37,24 @@ void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, cons
   } else {
     QuantMatMulReference(type, w, rows, cols, x, m, ldx, y, ldy);
   }
+}
+
+}  // namespace kvferry::kernels
+
+namespace kvferry::kernels {
+
+QuantType QuantTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kQ4_0: return QuantType::kQ4_0;
+    case DType::kQ4_K: return QuantType::kQ4_K;
+    case DType::kQ6_K: return QuantType::kQ6_K;
+    default: return QuantType::kQ8_0;
+  }
+}
+
+int64_t DTypeRowBytes(DType dtype, int64_t cols) {
+  if (IsQuantized(dtype)) return QuantRowBytes(QuantTypeOf(dtype), cols);
+  return cols * static_cast<int64_t>(DTypeSize(dtype));
 }
 
 }  // namespace kvferry::kernels

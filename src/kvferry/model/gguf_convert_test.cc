@@ -31,7 +31,10 @@ class GgufConvertTest : public ::testing::Test {
  protected:
   // hidden 256 so that the K-quants apply to the rows of length hidden.
   std::string MakeModel(Architecture arch, bool tie = false) {
-    const std::string dir = ::testing::TempDir() + "/gguf_convert_" + std::string(GgufNameOf(arch)) + (tie ? "_tied" : "");
+    // One directory per test: ctest runs the tests of this file in parallel.
+    const std::string dir = ::testing::TempDir() + "/gguf_convert_" +
+                            ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" +
+                            GgufNameOf(arch) + (tie ? "_tied" : "");
     std::filesystem::remove_all(dir);
     MakeTinyOptions o;
     o.arch = arch;
@@ -269,15 +272,27 @@ TEST_F(GgufConvertTest, LoadsAndMatchesTheDirectory) {
 
 TEST_F(GgufConvertTest, LoadErrorsNameTensorAndType) {
   const std::string dir = MakeModel(Architecture::kQwen2);
-  Convert(dir, GgufFileType::kQ4_0);
   Convert(dir, GgufFileType::kF32);
   LoadOptions lo;
   lo.show_progress = false;
-  auto gg = Model::Load(dir + "/model-q4_0.gguf", lo);
-  ASSERT_FALSE(gg.ok());
-  EXPECT_NE(gg.status().message().find("has dtype Q4_0"), std::string::npos) << gg.status().ToString();
-  // Metadata of the wrong type.
   std::string bytes = ReadAll(dir + "/model-f32.gguf");
+  {
+    // A type kvferry has no kernels for (Q5_K) is an error naming the tensor and the type.
+    std::string q5 = bytes;
+    const std::string name = "blk.0.ffn_up.weight";
+    const size_t at = q5.find(name);
+    ASSERT_NE(at, std::string::npos);
+    const size_t type_at = at + name.size() + 4 + 2 * 8;
+    ASSERT_EQ(q5[type_at], 0);  // F32
+    q5[type_at] = 13;           // Q5_K: a smaller tensor, still inside the file
+    const std::string path = dir + "/q5k.gguf";
+    std::ofstream(path, std::ios::binary) << q5;
+    auto gg = Model::Load(path, lo);
+    ASSERT_FALSE(gg.ok());
+    EXPECT_NE(gg.status().message().find("'model.layers.0.mlp.up_proj.weight' has dtype Q5_K"), std::string::npos)
+        << gg.status().ToString();
+  }
+  // Metadata of the wrong type.
   const std::string k = "qwen2.block_count";
   const size_t at = bytes.find(k);
   ASSERT_NE(at, std::string::npos);
@@ -287,6 +302,46 @@ TEST_F(GgufConvertTest, LoadErrorsNameTensorAndType) {
   auto b = Model::Load(bad, lo);
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find("bad.gguf"), std::string::npos) << b.status().ToString();
+}
+
+// Quantized files run with their weights quantized in memory: logits near the f32 ones (the
+// weights' and the activations' rounding), and mostly the same greedy choices.
+TEST_F(GgufConvertTest, QuantizedFilesRun) {
+  for (Architecture arch : {Architecture::kQwen2, Architecture::kLlama, Architecture::kQwen3}) {
+    SCOPED_TRACE(GgufNameOf(arch));
+    const std::string dir = MakeModel(arch);
+    LoadOptions lo;
+    lo.show_progress = false;
+    auto ref = Model::Load(dir, lo);
+    ASSERT_TRUE(ref.ok());
+    const auto want = Logits(**ref, 384);
+    for (GgufFileType ft : {GgufFileType::kQ8_0, GgufFileType::kQ4_K_M, GgufFileType::kQ4_0}) {
+      Convert(dir, ft);
+      auto m = Model::Load(dir + "/model-" + GgufFileTypeName(ft) + ".gguf", lo);
+      ASSERT_TRUE(m.ok()) << m.status().ToString();
+      EXPECT_TRUE(kernels::IsQuantized((*m)->weight_dtype()));
+      const auto got = Logits(**m, 384);
+      ASSERT_EQ(got.size(), want.size());
+      double e2 = 0, x2 = 0;
+      int same = 0, rows = 0;
+      for (size_t r = 0; r < got.size() / 384; ++r, ++rows) {
+        size_t a = 0, b = 0;
+        for (size_t i = 0; i < 384; ++i) {
+          const size_t k = r * 384 + i;
+          e2 += (got[k] - want[k]) * (got[k] - want[k]);
+          x2 += want[k] * want[k];
+          if (want[k] > want[r * 384 + a]) a = i;
+          if (got[k] > got[r * 384 + b]) b = i;
+        }
+        same += a == b;
+      }
+      const double rel = std::sqrt(e2 / x2);
+      std::printf("%s %s: logits relative RMS error %.4f, argmax agrees on %d of %d positions\n", GgufNameOf(arch),
+                  GgufFileTypeName(ft), rel, same, rows);
+      EXPECT_LT(rel, ft == GgufFileType::kQ8_0 ? 0.05 : 0.3) << GgufFileTypeName(ft);
+      EXPECT_GE(same, ft == GgufFileType::kQ8_0 ? rows * 8 / 10 : rows / 2) << GgufFileTypeName(ft);
+    }
+  }
 }
 
 // The tokenizer and chat template rebuilt from the file's metadata encode, decode and render

@@ -193,6 +193,11 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::OpenGguf(const std::string& 
       case GgmlType::kF32: info.float_dtype = true, info.dtype = DType::kF32; break;
       case GgmlType::kF16: info.float_dtype = true, info.dtype = DType::kF16; break;
       case GgmlType::kBF16: info.float_dtype = true, info.dtype = DType::kBF16; break;
+      // Quantized types only for matrices (Get then hands them to MatMul, which takes them).
+      case GgmlType::kQ8_0: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ8_0; break;
+      case GgmlType::kQ4_0: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ4_0; break;
+      case GgmlType::kQ4_K: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ4_K; break;
+      case GgmlType::kQ6_K: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ6_K; break;
       default: break;  // Get names the tensor and its type
     }
     const bool is_q = hf.find("q_proj.") != std::string::npos, is_k = hf.find("k_proj.") != std::string::npos;
@@ -209,9 +214,6 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::OpenGguf(const std::string& 
             std::memcpy(dst + (h * hd + half * (hd / 2) + i) * row_bytes, src + (h * hd + 2 * i + half) * row_bytes,
                         row_bytes);
       owned = dst;
-    } else if (permute && (is_q || is_k)) {
-      return UnimplementedError(path + ": tensor '" + info.name + "' has type " + info.dtype_name +
-                                ", which kvferry does not support");
     }
     w->index_[hf] = Entry{0, std::move(info), owned};
   }

@@ -9,6 +9,7 @@
 
 #include "kvferry/model/model.h"
 #include "kvferry/model/progress.h"
+#include "kvferry/kernels/quant.h"
 #include "kvferry/model/gguf_model.h"
 #include "kvferry/model/weights.h"
 
@@ -103,7 +104,7 @@ Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& d
   } else {
     KVF_ASSIGN_OR_RETURN(lm_head, GetMatrix("lm_head.weight", c.vocab_size, H, &regions, &sizes));
   }
-  decode_bytes = static_cast<uint64_t>(lm_head.rows * lm_head.cols) * kernels::DTypeSize(lm_head.dtype);
+  decode_bytes = static_cast<uint64_t>(lm_head.rows * kernels::DTypeRowBytes(lm_head.dtype, lm_head.cols));
   layers.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -130,7 +131,7 @@ Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& d
     KVF_ASSIGN_OR_RETURN(L.input_norm, GetVector(p + "input_layernorm.weight", H));
     KVF_ASSIGN_OR_RETURN(L.post_norm, GetVector(p + "post_attention_layernorm.weight", H));
     for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-      decode_bytes += static_cast<uint64_t>(m->rows * m->cols) * kernels::DTypeSize(m->dtype);
+      decode_bytes += static_cast<uint64_t>(m->rows * kernels::DTypeRowBytes(m->dtype, m->cols));
   }
   if (options.prefault) {
     uint64_t total = 0, done = 0;
@@ -263,10 +264,15 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
     }
   }
   kernels::Compute& cp = *m.compute;
-  const size_t eb = kernels::DTypeSize(m.embed.dtype);
+  const int64_t erb = kernels::DTypeRowBytes(m.embed.dtype, H);
   cp.ParallelFor(T, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      kernels::ConvertToF32(static_cast<const char*>(m.embed.data) + m.tok[t] * H * eb, m.embed.dtype, H, &m.x[t * H]);
+      const char* erow = static_cast<const char*>(m.embed.data) + m.tok[t] * erb;
+      if (kernels::IsQuantized(m.embed.dtype)) {  // GGUF
+        kernels::DequantizeRow(kernels::QuantTypeOf(m.embed.dtype), erow, H, &m.x[t * H]);
+      } else {
+        kernels::ConvertToF32(erow, m.embed.dtype, H, &m.x[t * H]);
+      }
       const float p = static_cast<float>(m.pos[t]);
       for (int64_t i = 0; i < half; ++i) {
         const float angle = p * m.inv_freq[i];  // float32, as HF computes it
