@@ -37,6 +37,7 @@ void AddEngineFlags(CLI::App* app, EngineFlags* f) {
 namespace {
 
 StatusOr<model::ModelConfig> ReadConfig(const std::string& model_dir) {
+  if (model::IsGgufFile(model_dir)) return model::ReadGgufConfig(model_dir);
   const std::string path = model_dir + "/config.json";
   std::ifstream in(path);
   if (!in) return NotFoundError(fmt::format("cannot read {}", path));

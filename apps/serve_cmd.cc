@@ -25,6 +25,7 @@ namespace {
 
 struct ServeArgs {
   std::string model_dir;
+  std::string tokenizer;  // "" = the model's own (a GGUF file's metadata, or MODEL_DIR)
   std::string host = "0.0.0.0";
   int port = 8000;
   std::vector<std::string> served_model_names;
@@ -77,10 +78,11 @@ int Serve(const ServeArgs& a) {
     options->hooks = conn->Hooks();
   }
 
-  StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(a.model_dir);
+  const std::string& tok_dir = a.tokenizer.empty() ? a.model_dir : a.tokenizer;
+  StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(tok_dir);
   if (!tok.ok()) return Fail(tok.status());
   std::unique_ptr<tokenizer::ChatTemplate> chat;
-  if (auto t = tokenizer::ChatTemplate::Load(a.model_dir); t.ok()) {
+  if (auto t = tokenizer::ChatTemplate::Load(tok_dir); t.ok()) {
     chat = std::move(*t);
   } else {
     KVF_LOG_WARN("serve: no usable chat template ({}); /v1/chat/completions will answer 400", t.status().ToString());
@@ -160,8 +162,11 @@ void AddServeCommand(CLI::App& app) {
       "/health, /metrics, /tokenize, /detokenize). Flag names follow `vllm serve`. SIGTERM or SIGINT stops\n"
       "intake, lets requests in flight finish (up to --shutdown-timeout) and exits 0. See docs/serve.md.");
   auto a = std::make_shared<ServeArgs>();
-  cmd->add_option("MODEL_DIR", a->model_dir, "HF model directory (config.json, safetensors, tokenizer.json)")
+  cmd->add_option("MODEL_DIR", a->model_dir,
+                  "HF model directory (config.json, safetensors, tokenizer.json), or a GGUF file")
       ->required();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "Tokenizer and chat template from this directory instead of the model's (default: MODEL_DIR)");
   cmd->add_option("--host", a->host, "Address to listen on (default 0.0.0.0)");
   cmd->add_option("--port", a->port, "Port to listen on; 0 picks a free one (default 8000)");
   cmd->add_option("--served-model-name", a->served_model_names,

@@ -123,8 +123,8 @@ void AddTokenizeCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "tokenize",
       "Encode TEXT to ids, decode --ids, or render a --chat conversation with the model's chat template.\n"
-      "MODEL_DIR is a Hugging Face model directory (tokenizer.json, tokenizer_config.json).");
-  cmd->add_option("MODEL_DIR", args->model_dir, "model directory (or a tokenizer.json path)")->required();
+      "MODEL_DIR is a Hugging Face model directory (tokenizer.json, tokenizer_config.json) or a GGUF file.");
+  cmd->add_option("MODEL_DIR", args->model_dir, "model directory (or a tokenizer.json path, or a GGUF file)")->required();
   CLI::Option* text = cmd->add_option(
       "TEXT", args->text, "text to encode ('-' reads stdin); prints comma-separated ids, [] for none");
   cmd->add_option("--ids", args->ids, "comma-separated ids to decode ('-' reads stdin)");
