@@ -269,7 +269,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   KVF_ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> cache,
                        model->CreateKvCache({.num_blocks = num_blocks,
                                              .block_size = options.block_size,
-                                             .dtype = options.kv_dtype}));
+                                             .dtype = options.kv_dtype,
+                                             .prefault = true}));
   KVF_LOG_INFO("engine: {} KV blocks of {} tokens ({} MiB), max_model_len {}", num_blocks,
                options.block_size, cache->size_bytes() >> 20, max_model_len);
   auto engine = std::make_unique<EngineImpl>(options, std::move(model), std::move(cache), max_model_len);

@@ -114,6 +114,7 @@ void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, in
     case DType::kF32: return Typed<DType::kF32>(x, m, ldx, w, k, n0, n1, y, ldy);
     case DType::kBF16: return Typed<DType::kBF16>(x, m, ldx, w, k, n0, n1, y, ldy);
     case DType::kF16: return Typed<DType::kF16>(x, m, ldx, w, k, n0, n1, y, ldy);
+    default: __builtin_trap();  // quantized types never come here: Compute::MatMul sends them to quant.h
   }
 }
 

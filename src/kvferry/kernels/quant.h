@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "kvferry/base/base.h"
+#include "kvferry/kernels/kernels.h"
 
 namespace kvferry::kernels {
 

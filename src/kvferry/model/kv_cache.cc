@@ -31,6 +31,14 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
 #ifdef MADV_HUGEPAGE
   ::madvise(p, c->size_, MADV_HUGEPAGE);
 #endif
+  // Fault the whole arena in now (zeroed, in huge pages where the kernel has them), as a GPU
+  // engine allocates its cache up front: otherwise the first prefill or the first remote KV
+  // write into each block pays the page faults and zeroing, inside a request's TTFT (seen as
+  // 12 MiB transfers taking 20-30 ms instead of 3 on a decoder). Resident memory is the arena
+  // from the start.
+#ifdef MADV_POPULATE_WRITE
+  if (options.prefault) ::madvise(p, c->size_, MADV_POPULATE_WRITE);
+#endif
   c->base_ = p;
   return c;
 }

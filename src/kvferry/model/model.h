@@ -84,6 +84,8 @@ struct KvCacheOptions {
   int64_t num_blocks = 0;  // required, > 0
   int64_t block_size = 16;
   DType dtype = DType::kBF16;
+  // Fault every page in at creation (the serving engine does; see kv_cache.cc).
+  bool prefault = false;
 };
 
 // The paged KV cache: one arena allocated up front. Block b occupies
