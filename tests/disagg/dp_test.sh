@@ -6,7 +6,8 @@
 # answers through the proxy equal the colocated ones token for token (20 prompt lengths,
 # streaming and not, and chat); both ranks of both servers did work (per-rank /metrics, label
 # engine); X-data-parallel-rank pins a rank (and an out-of-range one is a 400); the prefill leg's
-# answer names the rank that holds the KV; KV blocks return to zero everywhere.
+# answer names the rank that holds the KV; KV blocks return to zero everywhere; `kvferry demo
+# --data-parallel-size 2` has both prefiller ranks send KV.
 #
 # Usage: dp_test.sh KVFERRY_BINARY
 set -uo pipefail
@@ -116,5 +117,13 @@ EOF
 
 for u in "$P" "$D" "$C"; do
   wait_metric "$u" kvferry:kv_blocks_used 0 10 || die "$u still has KV blocks in use"
+done
+
+# The demo with a two-rank prefiller: every rank served a request and sent its KV.
+timeout 120 "$bin" demo --data-parallel-size 2 --max-tokens 4 >"$work/demo.log" 2>&1 || die "demo --data-parallel-size 2"
+grep -q -- '--data-parallel-size 2 --kv-transfer-config' "$work/demo.log" || die "demo: prefiller command line"
+for r in 0 1; do
+  awk -v r="$r" '$1 == "P" && $2 == "rank" && $3 == r && $4 >= 1 { ok = 1 } END { exit !ok }' "$work/demo.log" ||
+    die "demo: prefiller rank $r sent no KV: $(cat "$work/demo.log")"
 done
 echo "1 passed, 0 failed"
