@@ -98,10 +98,9 @@ int Serve(const ServeArgs& a) {
   for (int i = 0; i < dp->size_local; ++i) {
     const int dp_rank = dp->start_rank + i;
     engine::EngineOptions eo = *options;
-    if (dp->size > 1) {
-      eo.load.num_threads = dp->threads_per_rank;
-      eo.seed = options->seed;  // the same seed on every rank: a request's output does not depend on its rank
-    }
+    // Every rank has the same seed (copied with the options): a request's output does not
+    // depend on the rank that runs it.
+    if (dp->size > 1) eo.load.num_threads = dp->threads_per_rank;
     Rank& rk = ranks[static_cast<size_t>(i)];
     if (kv_config) {
       // Disaggregated prefill/decode: the MooncakeConnector plugs into the engine's hooks.
