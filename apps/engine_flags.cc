@@ -30,7 +30,9 @@ void AddEngineFlags(CLI::App* app, EngineFlags* f) {
                   "used in place, never converted");
   app->add_option("--kv-cache-dtype", f->kv_cache_dtype,
                   "KV cache dtype: auto (default: the model's torch_dtype), bf16, f16 or f32");
-  app->add_option("--threads", f->threads, "Compute threads of each engine (data-parallel rank) (default: all cores, shared out evenly between the ranks)");
+  app->add_option(
+      "--threads", f->threads,
+      "Compute threads of each engine (data-parallel rank) (default: all cores, shared out evenly between the ranks)");
   app->add_option("--max-waiting-requests", f->max_waiting,
                   "Requests that may wait for a batch slot; more get 503 (default 1024)");
 }
@@ -54,31 +56,35 @@ StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& f, int thre
   if (f.size < 1) return InvalidArgumentError(fmt::format("--data-parallel-size {} must be >= 1", f.size));
   const int local = f.size_local < 0 ? f.size - f.start_rank : f.size_local;
   if (f.size_local < -1 || f.size_local > f.size)
-    return InvalidArgumentError(fmt::format("--data-parallel-size-local {} must be in 0..{} (--data-parallel-size)",
-                                            f.size_local, f.size));
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-size-local {} must be in 0..{} (--data-parallel-size)", f.size_local, f.size));
   if (f.start_rank < 0 || f.start_rank >= f.size)
     return InvalidArgumentError(fmt::format("--data-parallel-start-rank {} must be in 0..{} (--data-parallel-size - 1)",
                                             f.start_rank, f.size - 1));
   if (f.start_rank + local > f.size)
-    return InvalidArgumentError(fmt::format("--data-parallel-start-rank {} + --data-parallel-size-local {} exceeds "
-                                            "--data-parallel-size {}",
-                                            f.start_rank, local, f.size));
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-start-rank {} + --data-parallel-size-local {} exceeds "
+                    "--data-parallel-size {}",
+                    f.start_rank, local, f.size));
   if (f.rpc_port < 1 || f.rpc_port > 65535)
     return InvalidArgumentError(fmt::format("--data-parallel-rpc-port {} must be in [1, 65535]", f.rpc_port));
   if (!f.headless && f.start_rank != 0)
-    return InvalidArgumentError(fmt::format("--data-parallel-start-rank {} without --headless: the node that runs the "
-                                            "API server holds rank 0 (start other nodes with --headless)",
-                                            f.start_rank));
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-start-rank {} without --headless: the node that runs the "
+                    "API server holds rank 0 (start other nodes with --headless)",
+                    f.start_rank));
   if (f.headless && f.start_rank == 0)
-    return InvalidArgumentError("--headless needs --data-parallel-start-rank >= 1 (rank 0 runs on the master with the "
-                                "API server)");
+    return InvalidArgumentError(
+        "--headless needs --data-parallel-start-rank >= 1 (rank 0 runs on the master with the "
+        "API server)");
   if (local < 1)
     return InvalidArgumentError(fmt::format("--data-parallel-size-local {}: this node would run no rank", local));
   if (f.headless || local < f.size)
-    return UnimplementedError(fmt::format("data-parallel ranks on other nodes (--headless, --data-parallel-size-local "
-                                          "{} < --data-parallel-size {}) are not supported by this build yet; run "
-                                          "every rank on one node",
-                                          local, f.size));
+    return UnimplementedError(
+        fmt::format("data-parallel ranks on other nodes (--headless, --data-parallel-size-local "
+                    "{} < --data-parallel-size {}) are not supported by this build yet; run "
+                    "every rank on one node",
+                    local, f.size));
   if (threads < 0) return InvalidArgumentError("--threads must be >= 0");
   DataParallelPlan p;
   p.size = f.size;

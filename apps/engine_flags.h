@@ -31,12 +31,12 @@ struct EngineFlags {
 
 // vLLM's data-parallel flags (`kvferry serve`): several engine ranks behind one API server.
 struct DataParallelFlags {
-  int size = 1;             // --data-parallel-size: ranks in all
-  int size_local = -1;      // --data-parallel-size-local: ranks on this node (-1: all of them)
-  int start_rank = 0;       // --data-parallel-start-rank: the first rank this node runs
-  std::string address;      // --data-parallel-address: the master's address (headless ranks join it)
-  int rpc_port = 29550;     // --data-parallel-rpc-port: the master's port for headless ranks
-  bool headless = false;    // --headless: engines only, no API server
+  int size = 1;           // --data-parallel-size: ranks in all
+  int size_local = -1;    // --data-parallel-size-local: ranks on this node (-1: all of them)
+  int start_rank = 0;     // --data-parallel-start-rank: the first rank this node runs
+  std::string address;    // --data-parallel-address: the master's address (headless ranks join it)
+  int rpc_port = 29550;   // --data-parallel-rpc-port: the master's port for headless ranks
+  bool headless = false;  // --headless: engines only, no API server
 };
 
 // The data-parallel layout after checking the flags against each other.

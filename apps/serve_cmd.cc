@@ -3,10 +3,10 @@
 #include <pthread.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
-#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -130,7 +130,8 @@ int Serve(const ServeArgs& a) {
     StatusOr<std::unique_ptr<engine::Engine>> eng = engine::Engine::Create(eo);
     if (!eng.ok()) {
       ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
-      return Fail(dp->size > 1 ? eng.status().WithContext(fmt::format("data-parallel rank {}", dp_rank)) : eng.status());
+      return Fail(dp->size > 1 ? eng.status().WithContext(fmt::format("data-parallel rank {}", dp_rank))
+                               : eng.status());
     }
     rk.engine = std::move(*eng);
     if (rk.conn) {

@@ -409,16 +409,16 @@ StatusOr<std::string> Consumer::PickWorker(const BootstrapMap& map, const Pull& 
       if (it->second.engine_id == pull.engine_id) dp = it;
     if (dp == map.end() && pull.empty) dp = map.find(0);  // a notice for an unknown engine: rank 0's worker
     if (dp == map.end() && !pull.empty) {
-      return FailedPreconditionError(fmt::format("remote_engine_id {} does not match any engine that bootstrap server {} lists",
-                                                 pull.engine_id, pull.bootstrap_url));
+      return FailedPreconditionError(
+          fmt::format("remote_engine_id {} does not match any engine that bootstrap server {} lists", pull.engine_id,
+                      pull.bootstrap_url));
     }
   } else {
     dp = map.find(std::max<int64_t>(0, pull.dp_rank));
   }
   if (dp == map.end()) {
-    return NotFoundError(
-        fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url,
-                    std::max<int64_t>(0, pull.dp_rank)));
+    return NotFoundError(fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url,
+                                     std::max<int64_t>(0, pull.dp_rank)));
   }
   // (The empty pull only frees a transfer_id: it goes to the rank's worker whatever its engine.)
   if (!pull.empty && !pull.engine_id.empty() && dp->second.engine_id != pull.engine_id) {
@@ -428,8 +428,8 @@ StatusOr<std::string> Consumer::PickWorker(const BootstrapMap& map, const Pull& 
   }
   auto tp = dp->second.worker_addr.find(0);
   if (tp == dp->second.worker_addr.end() || tp->second.count(0) == 0) {
-    return NotFoundError(fmt::format("bootstrap server {} lists no tp 0 / pp 0 worker for dp_rank {}",
-                                     pull.bootstrap_url, dp->first));
+    return NotFoundError(
+        fmt::format("bootstrap server {} lists no tp 0 / pp 0 worker for dp_rank {}", pull.bootstrap_url, dp->first));
   }
   return tp->second.at(0);
 }

@@ -65,7 +65,7 @@ class Call {
   engine::Engine* engine = nullptr;           // that rank's engine
   connector::Connector* connector = nullptr;  // that rank's connector worker (null: colocated)
   ServerMetrics* rank_metrics = nullptr;      // that rank's metrics (null with one rank)
-  std::string item_id;  // responses: the output message's id
+  std::string item_id;                        // responses: the output message's id
 
   Mutex mu;
   int64_t sequence KVF_GUARDED_BY(mu) = 0;  // responses: sequence_number of the next event
