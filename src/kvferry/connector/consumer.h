@@ -30,6 +30,9 @@
 
 namespace kvferry::connector {
 
+// A load's prefiller rank is the one whose engine id it names (no remote_dp_rank was given).
+inline constexpr int64_t kAnyDpRank = -1;
+
 class Consumer {
  public:
   // `engine`, `transfer`, `metrics` and `zmq_ctx` must outlive this object. `transfer` is this
@@ -42,13 +45,15 @@ class Consumer {
 
   Status Start();
 
-  // A do_remote_prefill request (params already validated by the caller).
+  // A do_remote_prefill request (params already validated by the caller). `dp_rank` kAnyDpRank:
+  // the prefiller rank whose engine is `engine_id` (rank 0 when engine_id is empty).
   Status Begin(const std::string& request_id, const std::string& transfer_id, const std::string& bootstrap_url,
                const std::string& engine_id, int64_t dp_rank);
   bool Cancel(const std::string& request_id);
   // The server refused a decode leg before it became a request (validation, overload, ...):
   // the prefiller is told (the empty pull) so it frees that transfer's blocks at once.
-  void Abandon(const std::string& transfer_id, const std::string& bootstrap_url, int64_t dp_rank);
+  void Abandon(const std::string& transfer_id, const std::string& bootstrap_url, const std::string& engine_id,
+               int64_t dp_rank);
   bool OnOutput(const engine::Output& output);
   // The engine hooks.
   void OnNeeded(const std::string& request_id, std::span<const int32_t> block_ids, int num_local_cached_tokens);

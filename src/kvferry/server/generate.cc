@@ -61,7 +61,11 @@ class Call {
   std::vector<int32_t> stop_ids;  // sorted: the model's and the request's
   std::vector<http::Header> headers;
   bool use_connector = false;
-  std::string item_id;  // responses: the output message's id
+  int rank = 0;                               // the data-parallel rank that runs it
+  engine::Engine* engine = nullptr;           // that rank's engine
+  connector::Connector* connector = nullptr;  // that rank's connector worker (null: colocated)
+  ServerMetrics* rank_metrics = nullptr;      // that rank's metrics (null with one rank)
+  std::string item_id;                        // responses: the output message's id
 
   Mutex mu;
   int64_t sequence KVF_GUARDED_BY(mu) = 0;  // responses: sequence_number of the next event
@@ -79,12 +83,12 @@ namespace {
 
 void AbortLocked(Call& c) KVF_REQUIRES(c.mu) {
   for (auto& ch : c.choices)
-    if (!ch->final && !ch->engine_id.empty()) c.shared->o.engine->Abort(ch->engine_id);
+    if (!ch->final && !ch->engine_id.empty()) c.engine->Abort(ch->engine_id);
 }
 
 void Untrack(Call& c) {
   MutexLock l(c.shared->mu);
-  c.shared->active.erase(c.id);
+  if (c.shared->active.erase(c.id) != 0) --c.shared->rank_load[static_cast<size_t>(c.rank)];
   c.shared->cv.NotifyAll();
 }
 
@@ -351,13 +355,23 @@ void Finish(Call& c) KVF_REQUIRES(c.mu) {
   json j = {{"id", c.id},           {"object", c.chat() ? "chat.completion" : "text_completion"},
             {"created", c.created}, {"model", c.model},
             {"choices", choices},   {"usage", Usage(c)}};
+  if (c.use_connector && c.req.kv.do_remote_decode) {
+    // The prefill leg names the rank (engine, bootstrap server, dp rank) that holds the KV, so a
+    // router that reads it sends the decode leg to the right worker.
+    j["kv_transfer_params"] = {{"do_remote_prefill", true},
+                               {"do_remote_decode", false},
+                               {"transfer_id", c.req.kv.transfer_id},
+                               {"remote_engine_id", c.connector->config().engine_id},
+                               {"remote_bootstrap_addr", c.connector->bootstrap_url()},
+                               {"remote_dp_rank", c.connector->dp_rank()}};
+  }
   c.resp->Respond(200, "application/json", Dump(j), c.headers);
 }
 
 // Engine output of choice `index` (scheduler thread).
 void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output& out) {
   Call& c = *call;
-  if (c.use_connector) c.shared->o.connector->OnOutput(out);
+  if (c.use_connector) c.connector->OnOutput(out);
   bool untrack = false;
   {
     MutexLock l(c.mu);
@@ -368,8 +382,10 @@ void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output
       if (!c.first_token) {
         c.first_token = true;
         c.shared->metrics.ObserveTtft(now - c.arrival);
+        if (c.rank_metrics) c.rank_metrics->ObserveTtft(now - c.arrival);
       } else if (ch.last_time >= 0) {
         c.shared->metrics.ObserveInterToken(now - ch.last_time);
+        if (c.rank_metrics) c.rank_metrics->ObserveInterToken(now - ch.last_time);
       }
       ch.last_time = now;
     }
@@ -388,7 +404,7 @@ void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output
       if (ch.stop.stopped()) {
         ch.done = true;
         ch.reason = engine::FinishReason::kStop;
-        if (!out.finished) c.shared->o.engine->Abort(ch.engine_id);
+        if (!out.finished) c.engine->Abort(ch.engine_id);
       } else if (out.finished) {
         released += ch.stop.Flush();
         ch.done = true;
@@ -413,6 +429,7 @@ void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output
     if (out.finished && !ch.final) {
       ch.final = true;
       c.shared->metrics.ObserveRequest(now - c.arrival, ch.reason);
+      if (c.rank_metrics) c.rank_metrics->ObserveRequest(now - c.arrival, ch.reason);
       if (--c.finals_left == 0 && c.started) {
         Finish(c);
         untrack = true;
@@ -482,11 +499,14 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   const double arrival = NowSeconds();
   const TimePoint arrival_tp = std::chrono::steady_clock::now();
   const FrontendOptions& o = shared->o;
+  int rank = 0;  // decided once the body is parsed
+  engine::Engine* eng = o.ranks[0].engine;
+  connector::Connector* conn = o.ranks[0].connector;
   // What the body asked of the connector: a refusal is told to it (routers send the other leg
   // anyway, and its peer should not wait for a transfer that will never happen).
   KvTransferParams refused_kv;
   auto fail = [&](const Status& st, std::string_view param) {
-    if (o.connector != nullptr && refused_kv.present) o.connector->OnRejected(ToConnectorParams(refused_kv), st);
+    if (conn != nullptr && refused_kv.present) conn->OnRejected(ToConnectorParams(refused_kv), st);
     RespondError(*responder, HttpStatusFor(st), st.message(), param, headers);
   };
   std::string param;
@@ -498,10 +518,12 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   GenerateRequest& g = *parsed;
   refused_kv = g.kv;
   shared->WarnIgnoredFields(g.ignored_fields);
-  if (const std::string* rank = request.Find("X-data-parallel-rank")) {
-    // One data-parallel rank per instance: any value is accepted (routers send "0" or their
-    // rank on either leg); the rank that serves is this instance's.
-    KVF_LOG_DEBUG("serve: X-data-parallel-rank {} on {}", *rank, request.path);
+  {
+    StatusOr<int> r = shared->PickRank(request, g.kv.do_remote_decode);
+    if (!r.ok()) return fail(r.status(), "");
+    rank = *r;
+    eng = o.ranks[static_cast<size_t>(rank)].engine;
+    conn = o.ranks[static_cast<size_t>(rank)].connector;
   }
   {
     MutexLock l(shared->mu);
@@ -512,12 +534,12 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
     return fail(NotFoundError(fmt::format("The model `{}` does not exist.", g.model)), "model");
   }
   const bool remote_leg = g.kv.do_remote_decode || g.kv.do_remote_prefill;
-  if (remote_leg && o.connector == nullptr) {
+  if (remote_leg && conn == nullptr) {
     return fail(InvalidArgumentError("kv_transfer_params asks for a remote prefill/decode, but this server runs "
                                      "without a KV connector (start it with --kv-transfer-config)"),
                 "kv_transfer_params");
   }
-  const bool use_connector = o.connector != nullptr && g.kv.present;
+  const bool use_connector = conn != nullptr && g.kv.present;
   if (use_connector && g.n != 1) return fail(InvalidArgumentError("'n' must be 1 with kv_transfer_params"), "n");
 
   // The prompt.
@@ -533,7 +555,7 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   } else {
     prompt = std::move(g.prompt_ids);
   }
-  const int64_t vocab = o.engine->model_config().vocab_size;
+  const int64_t vocab = eng->model_config().vocab_size;
   for (size_t i = 0; i < prompt.size(); ++i) {
     if (prompt[i] >= vocab)
       return fail(InvalidArgumentError(fmt::format("'prompt[{}]' = {} is not a token id of this model (vocab size {})",
@@ -541,7 +563,7 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
                   "prompt");
   }
   if (prompt.empty()) return fail(InvalidArgumentError("the prompt is empty after tokenization"), "prompt");
-  const int64_t max_len = o.engine->max_model_len();
+  const int64_t max_len = eng->max_model_len();
   const int64_t plen = static_cast<int64_t>(prompt.size());
   const char* prompt_param = kind == GenerateRequest::Kind::kChat        ? "messages"
                              : kind == GenerateRequest::Kind::kResponses ? "input"
@@ -581,6 +603,10 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
   c.prompt = prompt;
   c.headers = headers;
   c.use_connector = use_connector;
+  c.rank = rank;
+  c.engine = eng;
+  c.connector = conn;
+  c.rank_metrics = shared->rank_metrics.empty() ? nullptr : shared->rank_metrics[static_cast<size_t>(rank)].get();
   c.stop_ids = tok.stop_token_ids();
   c.stop_ids.insert(c.stop_ids.end(), sp.stop_token_ids.begin(), sp.stop_token_ids.end());
   std::sort(c.stop_ids.begin(), c.stop_ids.end());
@@ -596,11 +622,12 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
     MutexLock l(shared->mu);
     if (shared->draining) return fail(UnavailableError("the server is shutting down"), "");
     shared->active[c.id] = call;
+    ++shared->rank_load[static_cast<size_t>(rank)];
   }
 
   engine::KvRole role = engine::KvRole::kLocal;
   if (use_connector) {
-    StatusOr<engine::KvRole> r = o.connector->BeginRequest(c.id, ToConnectorParams(c.req.kv));
+    StatusOr<engine::KvRole> r = conn->BeginRequest(c.id, ToConnectorParams(c.req.kv));
     if (!r.ok()) {
       Untrack(c);
       return fail(r.status(), "kv_transfer_params");
@@ -620,9 +647,9 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
     if (sp.seed && i > 0) spec.sampling.seed = *sp.seed + static_cast<uint64_t>(i);
     spec.kv_role = role;
     spec.arrival = arrival_tp;
-    Status st = o.engine->Add(std::move(spec), [call, i](const engine::Output& out) { OnOutput(call, i, out); });
+    Status st = eng->Add(std::move(spec), [call, i](const engine::Output& out) { OnOutput(call, i, out); });
     if (!st.ok()) {
-      if (use_connector) o.connector->CancelRequest(c.id);
+      if (use_connector) conn->CancelRequest(c.id);
       bool done;
       {
         MutexLock l(c.mu);
