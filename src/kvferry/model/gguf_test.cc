@@ -109,7 +109,8 @@ TEST(GgufTest, RoundTrip) {
 }
 
 TEST(GgufTest, WrongMetadataTypesAreClearErrors) {
-  auto f = ParseGguf(SampleBytes());
+  const std::string bytes = SampleBytes();  // the parsed file views these bytes
+  auto f = ParseGguf(bytes);
   ASSERT_TRUE(f.ok());
   auto s = f->GetInt("general.architecture");
   ASSERT_FALSE(s.ok());

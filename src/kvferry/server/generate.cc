@@ -77,6 +77,7 @@ class Call {
   bool first_token KVF_GUARDED_BY(mu) = false;
   int cached_tokens KVF_GUARDED_BY(mu) = 0;
   std::vector<std::string> early KVF_GUARDED_BY(mu);  // stream bytes produced before `started`
+  std::string early_text KVF_GUARDED_BY(mu);  // responses: text produced before `started`
 };
 
 namespace {
@@ -413,7 +414,15 @@ void OnOutput(const std::shared_ptr<Call>& call, int index, const engine::Output
       }
       if (c.responses()) {
         ch.text += released;
-        if (c.req.stream && !released.empty()) Emit(c, ResponsesDelta(c, released));
+        if (c.req.stream && !released.empty()) {
+          // Before the stream has started, keep the text: its delta must be numbered after the
+          // opening events, which are made at the start.
+          if (c.started) {
+            Emit(c, ResponsesDelta(c, released));
+          } else {
+            c.early_text += released;
+          }
+        }
       } else if (c.req.stream) {
         // With return_token_ids every token shows, even one whose text is held back or empty.
         if (!released.empty() || (c.req.logprobs >= 0 && !out.logprobs.empty()) ||
@@ -672,7 +681,11 @@ void HandleGenerate(const std::shared_ptr<Shared>& shared, const http::Request& 
       std::vector<http::Header> h = c.headers;
       h.push_back({"Cache-Control", "no-cache"});
       c.resp->BeginStream(200, "text/event-stream; charset=utf-8", std::move(h));
-      if (c.responses()) Emit(c, ResponsesOpening(c));
+      if (c.responses()) {
+        Emit(c, ResponsesOpening(c));
+        if (!c.early_text.empty()) Emit(c, ResponsesDelta(c, c.early_text));
+        c.early_text.clear();
+      }
       if (c.chat()) {
         for (int i = 0; i < n; ++i) {
           json j = ChunkHead(c);
