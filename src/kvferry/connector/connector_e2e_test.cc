@@ -403,6 +403,7 @@ TEST_P(ConnectorE2ETest, RefusedPrefillLegAnswersPullsAtOnce) {
   ASSERT_TRUE(d_->Add("d3", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-owned"), dc).ok());
   ASSERT_TRUE(dc.WaitFinished("d3", 60s));
   EXPECT_EQ(dc.Get("d3").tokens, ReferenceGreedy(prompt, 4));
+  ASSERT_TRUE(pc.WaitFinished("p", 60s));  // its callback must be done before pc goes away
 }
 
 // A decoder that refuses a decode leg (bad body) or cannot pull it (engine_id mismatch) still
