@@ -143,7 +143,7 @@ void AddEngineBenchCommand(CLI::App& bench) {
   CLI::App* cmd = bench.add_subcommand(
       "engine", "Offline engine throughput: random prompts, greedy, EOS ignored, prefix cache off");
   auto a = std::make_shared<BenchArgs>();
-  cmd->add_option("MODEL_DIR", a->model_dir, "HF model directory")->required();
+  cmd->add_option("MODEL_DIR", a->model_dir, "HF model directory or GGUF file")->required();
   cmd->add_option("--num-prompts", a->num_prompts, "Requests (default 32)");
   cmd->add_option("--input-len", a->input_len, "Prompt tokens (default 128)");
   cmd->add_option("--output-len", a->output_len, "Generated tokens (default 64)");

@@ -198,7 +198,7 @@ int RunModelBench(const ModelArgs& a) {
 void AddModelBenchCommands(CLI::App& bench) {
   auto ma = std::make_shared<ModelArgs>();
   CLI::App* mb = bench.add_subcommand("model", "Prefill and decode tokens/s of a model directory");
-  mb->add_option("MODEL_DIR", ma->dir, "HF model directory")->required();
+  mb->add_option("MODEL_DIR", ma->dir, "HF model directory or GGUF file")->required();
   mb->add_option("--prompt-len", ma->prompt_len, "Prompt tokens per sequence (default 512)");
   mb->add_option("--gen-len", ma->gen_len, "Decode steps (default 128)");
   mb->add_option("--batch", ma->batch, "Sequences (default 1)");

@@ -29,6 +29,7 @@ struct TransferBenchResult {
   double p50_us = 0;
   double p99_us = 0;
   uint64_t bytes = 0;
+  uint64_t bytes_mapped = 0;  // shm: bytes copied through a mapping of the target's memory (verify included)
   uint64_t batches = 0;
   double seconds = 0;
   bool verified = false;
@@ -48,7 +49,8 @@ struct MemcpyResult {
   uint64_t bytes = 0;
   double seconds = 0;
 };
-MemcpyResult RunMemcpyBench(uint64_t block_size, double duration_s);
+// Copies `batch` distinct blocks of block_size in turn (batch 1: the same block every time).
+MemcpyResult RunMemcpyBench(uint64_t block_size, double duration_s, int batch = 1);
 
 // Starts `kvferry bench transfer --mode target ...` as a child process and returns its
 // pid and segment name (read from its stdout).

@@ -31,6 +31,7 @@ struct DemoArgs {
   std::string prompt = "Tell me a story about a ferry crossing to an island.";
   int max_tokens = 48;
   bool keep = false;
+  int prefill_dp = 1;  // --data-parallel-size of the prefiller
 };
 
 int TransferDemo(double seconds) {
@@ -84,14 +85,18 @@ std::string LogTail(const std::string& path, size_t lines = 15) {
   return out;
 }
 
-// Sums every sample of a Prometheus metric family whose name is `name` (any labels).
-std::optional<double> MetricSum(const std::string& text, const std::string& name) {
+// Sums every sample of a Prometheus metric family whose name is `name` (any labels); with
+// `label` only the samples that carry it (e.g. engine="1"), with `skip` only those that do not.
+std::optional<double> MetricSum(const std::string& text, const std::string& name, const std::string& label = "",
+                                const std::string& skip = "") {
   std::istringstream in(text);
   std::optional<double> sum;
   for (std::string line; std::getline(in, line);) {
     if (line.empty() || line[0] == '#') continue;
     if (line.compare(0, name.size(), name) != 0) continue;
     if (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{') continue;
+    if (!label.empty() && line.find(label) == std::string::npos) continue;
+    if (!skip.empty() && line.find(skip) != std::string::npos) continue;
     size_t sp = line.rfind(' ');
     if (sp == std::string::npos) continue;
     char* end = nullptr;
@@ -174,9 +179,13 @@ int DisaggDemo(const DemoArgs& a) {
   const std::string log_level = GetLogLevel() == LogLevel::kDebug ? "debug" : "info";
   std::vector<std::string> common = {"--host", "127.0.0.1",         "--served-model-name",
                                      "tiny",   "--kv-cache-memory", "64MiB"};
-  auto serve_args = [&](uint16_t port, const std::string& cfg) {
+  auto serve_args = [&](uint16_t port, const std::string& cfg, int dp) {
     std::vector<std::string> v = {"--log-level", log_level, "serve", model_dir, "--port", std::to_string(port)};
     v.insert(v.end(), common.begin(), common.end());
+    if (dp > 1) {
+      v.push_back("--data-parallel-size");
+      v.push_back(std::to_string(dp));
+    }
     v.push_back("--kv-transfer-config");
     v.push_back(cfg);
     return v;
@@ -190,12 +199,13 @@ int DisaggDemo(const DemoArgs& a) {
   };
   const std::vector<Spec> specs = {
       {"prefiller",
-       serve_args(p_port, p_cfg),
+       serve_args(p_port, p_cfg, a.prefill_dp),
        {fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={}", boot_port)},
-       fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={} kvferry serve MODEL --port {} --kv-transfer-config '{}'", boot_port,
-                   p_port, p_cfg)},
+       fmt::format("VLLM_MOONCAKE_BOOTSTRAP_PORT={} kvferry serve MODEL --port {}{} --kv-transfer-config '{}'",
+                   boot_port, p_port,
+                   a.prefill_dp > 1 ? fmt::format(" --data-parallel-size {}", a.prefill_dp) : std::string(), p_cfg)},
       {"decoder",
-       serve_args(d_port, d_cfg),
+       serve_args(d_port, d_cfg, 1),
        {},
        fmt::format("kvferry serve MODEL --port {} --kv-transfer-config '{}'", d_port, d_cfg)},
       {"proxy",
@@ -282,6 +292,20 @@ int DisaggDemo(const DemoArgs& a) {
       "{:.1f} ms\n",
       prompt_tokens, completion_tokens, finish, (first_token > 0 ? first_token - sent : 0) * 1e3, (done - sent) * 1e3);
 
+  // With several prefiller ranks the proxy takes them in turn: one more (non-streamed) request
+  // per further rank, so every rank serves one.
+  for (int r = 1; r < a.prefill_dp; ++r) {
+    nlohmann::json more = body;
+    more["stream"] = false;
+    more.erase("stream_options");
+    http::FetchOptions mo;
+    mo.method = "POST";
+    mo.body = more.dump();
+    auto m = http::Fetch(proxy + "/v1/chat/completions", mo, Deadline::After(std::chrono::seconds(120)));
+    if (!m.ok()) return fail(m.status().WithContext("request through the proxy"));
+    if (m->status != 200) return fail(InternalError(fmt::format("the proxy answered HTTP {}", m->status)));
+  }
+
   // What each side says about the KV transfer.
   auto metrics = [](uint16_t port) -> std::string {
     auto m =
@@ -289,7 +313,12 @@ int DisaggDemo(const DemoArgs& a) {
     return m.ok() && m->status == 200 ? m->body : std::string();
   };
   const std::string pm = metrics(p_port), dm = metrics(d_port);
-  auto val = [](const std::string& text, const char* name) { return MetricSum(text, name).value_or(0); };
+  // With several ranks engine metrics come per rank (label engine) and in total (no engine
+  // label): take the total; connector metrics come per rank only: add them up.
+  auto val = [](const std::string& text, const char* name) {
+    std::optional<double> total = MetricSum(text, name, "", "engine=\"");
+    return total ? *total : MetricSum(text, name).value_or(0);
+  };
   fmt::print("\nKV transfer ({}):\n", a.protocol);
   fmt::print("  {:<10}{:>11}{:>11}{:>13}{:>13}{:>12}\n", "side", "transfers", "blocks", "bytes", "descriptors",
              "time ms");
@@ -299,6 +328,15 @@ int DisaggDemo(const DemoArgs& a) {
                FormatBytes(static_cast<uint64_t>(val(text, "kvferry:kv_transfer_bytes_total"))),
                val(text, "kvferry:kv_transfer_descriptors_total"),
                val(text, "kvferry:kv_transfer_duration_seconds_sum") * 1e3);
+  }
+  for (int r = 0; a.prefill_dp > 1 && r < a.prefill_dp; ++r) {
+    const std::string label = fmt::format("engine=\"{}\"", r);
+    fmt::print("  {:<10}{:>11.0f}{:>11.0f}{:>13}{:>13.0f}{:>12.2f}\n", fmt::format("P rank {}", r),
+               MetricSum(pm, "kvferry:kv_transfers_total", label).value_or(0),
+               MetricSum(pm, "kvferry:kv_transfer_blocks_total", label).value_or(0),
+               FormatBytes(static_cast<uint64_t>(MetricSum(pm, "kvferry:kv_transfer_bytes_total", label).value_or(0))),
+               MetricSum(pm, "kvferry:kv_transfer_descriptors_total", label).value_or(0),
+               MetricSum(pm, "kvferry:kv_transfer_duration_seconds_sum", label).value_or(0) * 1e3);
   }
   fmt::print("  KV blocks in use now: prefiller {:.0f}, decoder {:.0f}\n", val(pm, "kvferry:kv_blocks_used"),
              val(dm, "kvferry:kv_blocks_used"));
@@ -331,6 +369,10 @@ void AddDemoCommand(CLI::App& root) {
   cmd->add_option("--model", a->model_dir, "serve this HF model directory instead of a generated tiny model");
   cmd->add_option("--prompt", a->prompt, "the user message to send");
   cmd->add_option("--max-tokens", a->max_tokens, "tokens to generate (default 48)")->check(CLI::Range(1, 4096));
+  cmd->add_option("--data-parallel-size", a->prefill_dp,
+                  "data-parallel ranks of the prefiller (default 1); the proxy routes over them and each serves a "
+                  "request")
+      ->check(CLI::Range(1, 8));
   cmd->add_flag("--keep", a->keep, "keep the work directory (model, logs) at exit");
   cmd->add_flag("--transfer", a->transfer, "run the transfer-engine demo instead");
   cmd->add_option("--duration", a->transfer_seconds, "--transfer: seconds per measurement (default 2)")

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -29,14 +30,75 @@ void AddEngineFlags(CLI::App* app, EngineFlags* f) {
                   "used in place, never converted");
   app->add_option("--kv-cache-dtype", f->kv_cache_dtype,
                   "KV cache dtype: auto (default: the model's torch_dtype), bf16, f16 or f32");
-  app->add_option("--threads", f->threads, "Compute threads (default: all cores)");
+  app->add_option(
+      "--threads", f->threads,
+      "Compute threads of each engine (data-parallel rank) (default: all cores, shared out evenly between the ranks)");
   app->add_option("--max-waiting-requests", f->max_waiting,
                   "Requests that may wait for a batch slot; more get 503 (default 1024)");
+}
+
+void AddDataParallelFlags(CLI::App* app, DataParallelFlags* f) {
+  app->add_option("--data-parallel-size", f->size,
+                  "Data-parallel engine ranks in all, each with its own KV cache, compute threads and connector "
+                  "worker, behind one API server (default 1)");
+  app->add_option("--data-parallel-size-local", f->size_local,
+                  "Data-parallel ranks run on this node (default: --data-parallel-size)");
+  app->add_option("--data-parallel-start-rank", f->start_rank,
+                  "The first data-parallel rank this node runs (default 0; > 0 on headless nodes)");
+  app->add_option("--data-parallel-address", f->address,
+                  "Address of the master node (rank 0, the API server) that headless ranks join");
+  app->add_option("--data-parallel-rpc-port", f->rpc_port,
+                  "Port on the master node for headless ranks (default 29550)");
+  app->add_flag("--headless", f->headless, "Run engine ranks only (no API server); they join the master node");
+}
+
+StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& f, int threads, int cores) {
+  if (f.size < 1) return InvalidArgumentError(fmt::format("--data-parallel-size {} must be >= 1", f.size));
+  const int local = f.size_local < 0 ? f.size - f.start_rank : f.size_local;
+  if (f.size_local < -1 || f.size_local > f.size)
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-size-local {} must be in 0..{} (--data-parallel-size)", f.size_local, f.size));
+  if (f.start_rank < 0 || f.start_rank >= f.size)
+    return InvalidArgumentError(fmt::format("--data-parallel-start-rank {} must be in 0..{} (--data-parallel-size - 1)",
+                                            f.start_rank, f.size - 1));
+  if (f.start_rank + local > f.size)
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-start-rank {} + --data-parallel-size-local {} exceeds "
+                    "--data-parallel-size {}",
+                    f.start_rank, local, f.size));
+  if (f.rpc_port < 1 || f.rpc_port > 65535)
+    return InvalidArgumentError(fmt::format("--data-parallel-rpc-port {} must be in [1, 65535]", f.rpc_port));
+  if (!f.headless && f.start_rank != 0)
+    return InvalidArgumentError(
+        fmt::format("--data-parallel-start-rank {} without --headless: the node that runs the "
+                    "API server holds rank 0 (start other nodes with --headless)",
+                    f.start_rank));
+  if (f.headless && f.start_rank == 0)
+    return InvalidArgumentError(
+        "--headless needs --data-parallel-start-rank >= 1 (rank 0 runs on the master with the "
+        "API server)");
+  if (local < 1)
+    return InvalidArgumentError(fmt::format("--data-parallel-size-local {}: this node would run no rank", local));
+  if (f.headless || local < f.size)
+    return UnimplementedError(
+        fmt::format("data-parallel ranks on other nodes (--headless, --data-parallel-size-local "
+                    "{} < --data-parallel-size {}) are not supported by this build yet; run "
+                    "every rank on one node",
+                    local, f.size));
+  if (threads < 0) return InvalidArgumentError("--threads must be >= 0");
+  DataParallelPlan p;
+  p.size = f.size;
+  p.size_local = local;
+  p.start_rank = f.start_rank;
+  // --threads is per rank; by default the cores are shared out evenly (at least one each).
+  p.threads_per_rank = threads > 0 ? threads : local == 1 ? 0 : std::max(1, cores / local);
+  return p;
 }
 
 namespace {
 
 StatusOr<model::ModelConfig> ReadConfig(const std::string& model_dir) {
+  if (model::IsGgufFile(model_dir)) return model::ReadGgufConfig(model_dir);
   const std::string path = model_dir + "/config.json";
   std::ifstream in(path);
   if (!in) return NotFoundError(fmt::format("cannot read {}", path));

@@ -29,6 +29,31 @@ struct EngineFlags {
   bool show_progress = true;
 };
 
+// vLLM's data-parallel flags (`kvferry serve`): several engine ranks behind one API server.
+struct DataParallelFlags {
+  int size = 1;           // --data-parallel-size: ranks in all
+  int size_local = -1;    // --data-parallel-size-local: ranks on this node (-1: all of them)
+  int start_rank = 0;     // --data-parallel-start-rank: the first rank this node runs
+  std::string address;    // --data-parallel-address: the master's address (headless ranks join it)
+  int rpc_port = 29550;   // --data-parallel-rpc-port: the master's port for headless ranks
+  bool headless = false;  // --headless: engines only, no API server
+};
+
+// The data-parallel layout after checking the flags against each other.
+struct DataParallelPlan {
+  int size = 1;
+  int size_local = 1;
+  int start_rank = 0;
+  int threads_per_rank = 0;  // compute threads of each local rank (0: the engine's default)
+};
+
+void AddDataParallelFlags(CLI::App* app, DataParallelFlags* flags);
+// InvalidArgument naming the flags for inconsistent values; Unimplemented for layouts this
+// build cannot serve yet (ranks on other nodes: --headless, --data-parallel-size-local < size).
+// `threads` is --threads (per rank; 0: the machine's cores shared out evenly between the
+// local ranks), `cores` the cores available.
+StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& flags, int threads, int cores);
+
 // Registers the flags on `app`; values land in `*flags`, which must outlive parsing.
 void AddEngineFlags(CLI::App* app, EngineFlags* flags);
 

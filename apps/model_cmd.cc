@@ -1,7 +1,11 @@
-// `kvferry model make-tiny DIR ...`: writes a deterministic random-weight model in HF layout.
+// `kvferry model make-tiny DIR ...`: writes a deterministic random-weight model in HF layout (and
+// GGUF files of it); `kvferry model convert DIR OUT.gguf`: an HF directory to GGUF.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "apps/commands.h"
 #include "kvferry/base/base.h"
@@ -20,6 +24,7 @@ void AddModelCommand(CLI::App& app) {
     std::string dir, arch = "qwen2", dtype = "bf16";
     model::MakeTinyOptions o;
     bool tie = false, no_tie = false;
+    std::vector<std::string> gguf;
   };
   auto args = std::make_shared<Args>();
   tiny->add_option("DIR", args->dir, "Output directory")->required();
@@ -44,6 +49,9 @@ void AddModelCommand(CLI::App& app) {
       ->check(CLI::IsMember({"none", "linear", "llama3", "yarn"}));
   tiny->add_flag("--tie", args->tie, "Tie the output projection to the embedding");
   tiny->add_flag("--no-tie", args->no_tie, "Separate lm_head.weight");
+  tiny->add_option("--gguf", args->gguf,
+                   "Also write DIR/model-TYPE.gguf for each TYPE: f32 | f16 | bf16 | q8_0 | q4_0 | q4_k_m")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"}));
   tiny->callback([args] {
     model::MakeTinyOptions o = args->o;
     o.arch = *model::ParseArchitecture(args->arch);
@@ -57,6 +65,40 @@ void AddModelCommand(CLI::App& app) {
       return;
     }
     std::printf("wrote %s\n", args->dir.c_str());
+    for (const std::string& t : args->gguf) {
+      const std::string path = args->dir + "/model-" + t + ".gguf";
+      model::GgufConvertOptions co;
+      co.type = *model::ParseGgufFileType(t);
+      st = model::ConvertToGguf(args->dir, path, co);
+      if (!st.ok()) {
+        std::fprintf(stderr, "kvferry model make-tiny: %s\n", st.ToString().c_str());
+        ExitCode() = 1;
+        return;
+      }
+      std::printf("wrote %s\n", path.c_str());
+    }
+  });
+
+  CLI::App* convert = model->add_subcommand(
+      "convert", "Convert an HF model directory to one GGUF file (llama.cpp's layout and names)");
+  struct ConvertArgs {
+    std::string dir, out, type = "f32";
+  };
+  auto cargs = std::make_shared<ConvertArgs>();
+  convert->add_option("DIR", cargs->dir, "HF model directory")->required();
+  convert->add_option("OUT", cargs->out, "GGUF file to write")->required();
+  convert->add_option("--type", cargs->type, "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k_m (default f32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"}));
+  convert->callback([cargs] {
+    model::GgufConvertOptions co;
+    co.type = *model::ParseGgufFileType(cargs->type);
+    Status st = model::ConvertToGguf(cargs->dir, cargs->out, co);
+    if (!st.ok()) {
+      std::fprintf(stderr, "kvferry model convert: %s\n", st.ToString().c_str());
+      ExitCode() = 1;
+      return;
+    }
+    std::printf("wrote %s\n", cargs->out.c_str());
   });
 }
 

@@ -19,6 +19,7 @@ namespace {
 
 struct RunArgs {
   std::string model_dir;
+  std::string tokenizer;  // "" = the model's own
   std::vector<int32_t> prompt_token_ids;
   std::string prompt;
   bool chat = false;
@@ -38,7 +39,7 @@ StatusOr<std::vector<int32_t>> ResolvePrompt(const RunArgs& a, const tokenizer::
     if (a.prompt.empty()) return InvalidArgumentError("--prompt is empty");
     return tok->Encode(a.prompt, /*add_special_tokens=*/true);
   }
-  KVF_ASSIGN_OR_RETURN(auto tmpl, tokenizer::ChatTemplate::Load(a.model_dir));
+  KVF_ASSIGN_OR_RETURN(auto tmpl, tokenizer::ChatTemplate::Load(a.tokenizer.empty() ? a.model_dir : a.tokenizer));
   std::vector<tokenizer::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system});
   messages.push_back({"user", a.prompt});
@@ -64,7 +65,7 @@ int Run(const RunArgs& a) {
   const bool text_mode = a.prompt_token_ids.empty();
   std::unique_ptr<tokenizer::Tokenizer> tok;
   if (text_mode || !a.json) {
-    auto t = tokenizer::Tokenizer::Load(a.model_dir);
+    auto t = tokenizer::Tokenizer::Load(a.tokenizer.empty() ? a.model_dir : a.tokenizer);
     if (!t.ok()) {
       if (text_mode) return fail(t.status());
     } else {
@@ -171,7 +172,8 @@ void AddRunCommand(CLI::App& app) {
       "message through the model's chat template first) or token ids (--prompt-token-ids).");
   auto a = std::make_shared<RunArgs>();
   a->sampling.temperature = 0;
-  run->add_option("MODEL_DIR", a->model_dir, "HF model directory")->required();
+  run->add_option("MODEL_DIR", a->model_dir, "HF model directory or GGUF file")->required();
+  run->add_option("--tokenizer", a->tokenizer, "Tokenizer and chat template from this directory (default: the model's)");
   auto* ids = run->add_option("--prompt-token-ids", a->prompt_token_ids, "Prompt as token ids: 1,2,3")->delimiter(',');
   auto* text = run->add_option("--prompt", a->prompt, "Prompt text");
   ids->excludes(text);

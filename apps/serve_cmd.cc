@@ -3,10 +3,12 @@
 #include <pthread.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +27,7 @@ namespace {
 
 struct ServeArgs {
   std::string model_dir;
+  std::string tokenizer;  // "" = the model's own (a GGUF file's metadata, or MODEL_DIR)
   std::string host = "0.0.0.0";
   int port = 8000;
   std::vector<std::string> served_model_names;
@@ -34,7 +37,21 @@ struct ServeArgs {
   int io_threads = 4;
   std::string max_request_body = "8MiB";
   EngineFlags engine;
+  DataParallelFlags dp;
 };
+
+// One data-parallel rank: its connector worker (null: colocated) and its engine.
+struct Rank {
+  std::unique_ptr<connector::Connector> conn;
+  std::unique_ptr<engine::Engine> engine;
+};
+
+void ShutdownRanks(std::vector<Rank>& ranks, const Deadline& deadline) {
+  for (Rank& r : ranks)
+    if (r.conn) r.conn->Shutdown(deadline);
+  for (Rank& r : ranks)
+    if (r.engine) r.engine->Shutdown(deadline);
+}
 
 int Fail(const Status& st) {
   std::fprintf(stderr, "kvferry serve: %s\n", st.ToString().c_str());
@@ -58,52 +75,85 @@ int Serve(const ServeArgs& a) {
     return Fail(InvalidArgumentError("--max-request-body: expected a size such as 8MiB"));
   StatusOr<engine::EngineOptions> options = ToEngineOptions(a.engine, a.model_dir);
   if (!options.ok()) return Fail(options.status());
-
-  // Disaggregated prefill/decode: the MooncakeConnector plugs into the engine's hooks.
-  std::unique_ptr<connector::Connector> conn;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  StatusOr<DataParallelPlan> dp = PlanDataParallel(a.dp, a.engine.threads, cores);
+  if (!dp.ok()) return Fail(dp.status());
+  std::optional<connector::KvTransferConfig> kv_config;
   if (!a.kv_transfer_config.empty()) {
     StatusOr<connector::KvTransferConfig> cfg = connector::ParseKvTransferConfig(a.kv_transfer_config);
     if (!cfg.ok()) return Fail(cfg.status().WithContext("--kv-transfer-config"));
-    connector::ConnectorOptions co;
-    co.config = std::move(*cfg);
-    // Listening on every interface: advertise the host's primary address to peers.
-    const bool wildcard = a.host.empty() || a.host == "0.0.0.0" || a.host == "::";
-    co.advertise_host = wildcard ? "" : a.host;
-    co.bootstrap_bind_host = wildcard ? "0.0.0.0" : a.host;
-    StatusOr<std::unique_ptr<connector::Connector>> c = connector::Connector::Create(co);
-    if (!c.ok()) return Fail(c.status());
-    conn = std::move(*c);
-    options->hooks = conn->Hooks();
+    kv_config = std::move(*cfg);
   }
 
-  StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(a.model_dir);
+  const std::string& tok_dir = a.tokenizer.empty() ? a.model_dir : a.tokenizer;
+  StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::Load(tok_dir);
   if (!tok.ok()) return Fail(tok.status());
   std::unique_ptr<tokenizer::ChatTemplate> chat;
-  if (auto t = tokenizer::ChatTemplate::Load(a.model_dir); t.ok()) {
+  if (auto t = tokenizer::ChatTemplate::Load(tok_dir); t.ok()) {
     chat = std::move(*t);
   } else {
     KVF_LOG_WARN("serve: no usable chat template ({}); /v1/chat/completions will answer 400", t.status().ToString());
   }
-  StatusOr<std::unique_ptr<engine::Engine>> eng = engine::Engine::Create(*options);
-  if (!eng.ok()) return Fail(eng.status());
-  engine::Engine& engine = **eng;
-  if (conn) {
-    if (Status st = conn->Start(&engine); !st.ok()) {
-      conn->Shutdown(Deadline::After(std::chrono::seconds(5)));
-      engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
-      return Fail(st.WithContext("kv connector"));
+  // The ranks, rank 0 first: its connector worker starts the bootstrap server that every other
+  // rank's worker registers with. Each rank has its own engine (KV cache, compute threads).
+  std::vector<Rank> ranks(static_cast<size_t>(dp->size_local));
+  for (int i = 0; i < dp->size_local; ++i) {
+    const int dp_rank = dp->start_rank + i;
+    engine::EngineOptions eo = *options;
+    // Every rank has the same seed (copied with the options): a request's output does not
+    // depend on the rank that runs it.
+    if (dp->size > 1) eo.load.num_threads = dp->threads_per_rank;
+    Rank& rk = ranks[static_cast<size_t>(i)];
+    if (kv_config) {
+      // Disaggregated prefill/decode: the MooncakeConnector plugs into the engine's hooks.
+      connector::ConnectorOptions co;
+      co.config = *kv_config;
+      // Listening on every interface: advertise the host's primary address to peers.
+      const bool wildcard = a.host.empty() || a.host == "0.0.0.0" || a.host == "::";
+      co.advertise_host = wildcard ? "" : a.host;
+      co.bootstrap_bind_host = wildcard ? "0.0.0.0" : a.host;
+      co.instance_port = a.port;  // with the host and the dp rank: the stable default engine_id
+      co.dp_rank = dp_rank;
+      // A configured engine_id names rank 0; the other ranks get "<id>_dp<rank>", as vLLM does.
+      if (!co.config.engine_id.empty() && dp->size > 1) co.config.engine_id += fmt::format("_dp{}", dp_rank);
+      if (dp_rank == 0) {
+        for (int r = 0; r < dp->size; ++r) co.expect_dp_ranks.push_back(r);
+      } else if (co.config.bootstrap_server_address.empty() && ranks[0].conn) {
+        co.config.bootstrap_server_address = ranks[0].conn->bootstrap_url();
+      }
+      StatusOr<std::unique_ptr<connector::Connector>> c = connector::Connector::Create(co);
+      if (!c.ok()) {
+        ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
+        return Fail(c.status().WithContext(fmt::format("data-parallel rank {}", dp_rank)));
+      }
+      rk.conn = std::move(*c);
+      eo.hooks = rk.conn->Hooks();
+    }
+    StatusOr<std::unique_ptr<engine::Engine>> eng = engine::Engine::Create(eo);
+    if (!eng.ok()) {
+      ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
+      return Fail(dp->size > 1 ? eng.status().WithContext(fmt::format("data-parallel rank {}", dp_rank))
+                               : eng.status());
+    }
+    rk.engine = std::move(*eng);
+    if (rk.conn) {
+      if (Status st = rk.conn->Start(rk.engine.get()); !st.ok()) {
+        ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
+        return Fail(st.WithContext(dp->size > 1 ? fmt::format("kv connector of data-parallel rank {}", dp_rank)
+                                                : std::string("kv connector")));
+      }
     }
   }
+  engine::Engine& engine = *ranks[0].engine;
 
   server::FrontendOptions fo;
-  fo.engine = &engine;
+  for (Rank& rk : ranks) fo.ranks.push_back({rk.engine.get(), rk.conn.get()});
   fo.tokenizer = tok->get();
   fo.chat_template = chat.get();
   fo.served_model_names = a.served_model_names;
   if (fo.served_model_names.empty()) fo.served_model_names.push_back(a.model_dir);
   fo.model_root = a.model_dir;
   fo.api_key = a.api_key;
-  fo.connector = conn.get();
   StatusOr<std::unique_ptr<server::Frontend>> fe = server::Frontend::Create(fo);
   if (!fe.ok()) return Fail(fe.status());
   server::Frontend* frontend = fe->get();
@@ -118,14 +168,17 @@ int Serve(const ServeArgs& a) {
         frontend->Handle(std::move(req), std::move(resp));
       });
   if (!srv.ok()) {
-    if (conn) conn->Shutdown(Deadline::After(std::chrono::seconds(5)));
-    engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
+    ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
     return Fail(srv.status());
   }
   const engine::EngineStats stats = engine.GetStats();
   KVF_LOG_INFO("serve: model {} at http://{}:{} (max_model_len {}, {} KV blocks of {} tokens, {} KV arena)",
                fo.served_model_names.front(), a.host, (*srv)->port(), engine.max_model_len(), stats.blocks_total,
                engine.block_size(), FormatBytes(engine.kv_size_bytes()));
+  if (dp->size > 1) {
+    KVF_LOG_INFO("serve: {} data-parallel ranks, each with its own engine ({} compute threads) and KV cache{}",
+                 dp->size, dp->threads_per_rank, kv_config ? " and connector worker" : "");
+  }
 
   int sig = 0;
   while (sig <= 0) {
@@ -137,14 +190,16 @@ int Serve(const ServeArgs& a) {
   const Deadline deadline =
       Deadline::After(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.shutdown_timeout_s)));
   if (Status st = frontend->Drain(deadline); !st.ok()) KVF_LOG_WARN("serve: drain: {}", st.ToString());
-  // The last answers may still sit in connection buffers: give clients a moment (bounded) to
-  // read them and hang up before Stop() closes every connection.
+  // Idle keep-alive connections (routers keep them open) close now; the last answers may still
+  // sit in connection buffers: give those clients a moment (bounded) to read them.
+  (*srv)->CloseIdle();
   const Deadline flush = Deadline::After(std::chrono::seconds(2));
   while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   (*srv)->Stop();
   fe->reset();
-  if (conn) conn->Shutdown(Deadline::After(std::chrono::seconds(10)));
-  engine.Shutdown(Deadline::After(std::chrono::seconds(5)));
+  for (Rank& r : ranks)
+    if (r.conn) r.conn->Shutdown(Deadline::After(std::chrono::seconds(10)));
+  for (Rank& r : ranks) r.engine->Shutdown(Deadline::After(std::chrono::seconds(5)));
   KVF_LOG_INFO("serve: stopped");
   return 0;
 }
@@ -158,8 +213,11 @@ void AddServeCommand(CLI::App& app) {
       "/health, /metrics, /tokenize, /detokenize). Flag names follow `vllm serve`. SIGTERM or SIGINT stops\n"
       "intake, lets requests in flight finish (up to --shutdown-timeout) and exits 0. See docs/serve.md.");
   auto a = std::make_shared<ServeArgs>();
-  cmd->add_option("MODEL_DIR", a->model_dir, "HF model directory (config.json, safetensors, tokenizer.json)")
+  cmd->add_option("MODEL_DIR", a->model_dir,
+                  "HF model directory (config.json, safetensors, tokenizer.json), or a GGUF file")
       ->required();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "Tokenizer and chat template from this directory instead of the model's (default: MODEL_DIR)");
   cmd->add_option("--host", a->host, "Address to listen on (default 0.0.0.0)");
   cmd->add_option("--port", a->port, "Port to listen on; 0 picks a free one (default 8000)");
   cmd->add_option("--served-model-name", a->served_model_names,
@@ -174,6 +232,7 @@ void AddServeCommand(CLI::App& app) {
   cmd->add_option("--max-request-body", a->max_request_body,
                   "Largest request body; larger ones get 413 (default 8MiB)");
   AddEngineFlags(cmd, &a->engine);
+  AddDataParallelFlags(cmd, &a->dp);
   cmd->callback([a] { ExitCode() = Serve(*a); });
 }
 

@@ -20,6 +20,7 @@ namespace {
 struct TokenizeArgs {
   std::string model_dir;
   std::string text;
+  bool text_given = false;  // TEXT was on the command line (it may be "", which encodes to [])
   std::string ids;
   std::string chat;
   std::string tools;
@@ -36,7 +37,13 @@ std::string ReadArgOrStdin(const std::string& value) {
   return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
 }
 
+// Comma-separated ids; an empty list prints "[]" (as HF tokenizers show an empty encoding), so
+// that a script can tell it from a missing output line.
 void PrintIds(const std::vector<int32_t>& ids, const tokenizer::Tokenizer& tok, bool show_tokens) {
+  if (ids.empty()) {
+    std::printf("[]\n");
+    return;
+  }
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i) line += show_tokens ? " " : ",";
@@ -47,7 +54,7 @@ void PrintIds(const std::vector<int32_t>& ids, const tokenizer::Tokenizer& tok, 
 }
 
 int Run(const TokenizeArgs& a) {
-  int modes = !a.text.empty() + !a.ids.empty() + !a.chat.empty();
+  int modes = a.text_given + !a.ids.empty() + !a.chat.empty();
   if (modes != 1) {
     std::fprintf(stderr, "tokenize: give exactly one of TEXT, --ids or --chat\n");
     return 2;
@@ -116,9 +123,10 @@ void AddTokenizeCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "tokenize",
       "Encode TEXT to ids, decode --ids, or render a --chat conversation with the model's chat template.\n"
-      "MODEL_DIR is a Hugging Face model directory (tokenizer.json, tokenizer_config.json).");
-  cmd->add_option("MODEL_DIR", args->model_dir, "model directory (or a tokenizer.json path)")->required();
-  cmd->add_option("TEXT", args->text, "text to encode ('-' reads stdin); prints comma-separated ids");
+      "MODEL_DIR is a Hugging Face model directory (tokenizer.json, tokenizer_config.json) or a GGUF file.");
+  cmd->add_option("MODEL_DIR", args->model_dir, "model directory (or a tokenizer.json path, or a GGUF file)")->required();
+  CLI::Option* text = cmd->add_option(
+      "TEXT", args->text, "text to encode ('-' reads stdin); prints comma-separated ids, [] for none");
   cmd->add_option("--ids", args->ids, "comma-separated ids to decode ('-' reads stdin)");
   cmd->add_option("--chat", args->chat, "JSON array of messages to render ('-' reads stdin)");
   cmd->add_option("--tools", args->tools, "with --chat: JSON array of tools");
@@ -128,7 +136,10 @@ void AddTokenizeCommand(CLI::App& app) {
   cmd->add_flag("--add-special-tokens", args->add_special_tokens, "apply the post-processor (e.g. BOS)");
   cmd->add_flag("--skip-special-tokens", args->skip_special_tokens, "with --ids: drop special tokens");
   cmd->add_flag("--show-tokens", args->show_tokens, "print id=token pairs");
-  cmd->callback([args] { ExitCode() = Run(*args); });
+  cmd->callback([args, text] {
+    args->text_given = text->count() > 0;
+    ExitCode() = Run(*args);
+  });
 }
 
 }  // namespace kvferry::apps

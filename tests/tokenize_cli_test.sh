@@ -21,6 +21,12 @@ expected=$'<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant'
 [ "$prompt" = "$expected" ] || fail "chat gave '$prompt'"
 chat_ids=$("$bin" tokenize "$model" --chat '[{"role":"user","content":"hi"}]' --no-generation-prompt --chat-ids)
 [ "$chat_ids" = "151644,872,198,6023,151645,198" ] || fail "chat ids gave '$chat_ids'"
+empty=$("$bin" tokenize "$model" "") || fail "the empty text was refused"
+[ "$empty" = "[]" ] || fail "the empty text gave '$empty', not []"
+empty=$(printf '' | "$bin" tokenize "$model" -) || fail "empty stdin was refused"
+[ "$empty" = "[]" ] || fail "empty stdin gave '$empty', not []"
+if "$bin" tokenize "$model" 2> /dev/null; then fail "no TEXT, --ids or --chat was accepted"; fi
+if "$bin" tokenize "$model" "" --ids 1 2> /dev/null; then fail "an empty TEXT together with --ids was accepted"; fi
 echo "hi there" | "$bin" tokenize "$model" - > /dev/null || fail "stdin"
 if "$bin" tokenize "$model" --ids 99999999 2> /dev/null; then fail "a bad id was accepted"; fi
 if "$bin" tokenize /nonexistent "x" 2> /dev/null; then fail "a missing model was accepted"; fi

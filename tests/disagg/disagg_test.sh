@@ -3,8 +3,8 @@
 # (`kvferry serve --kv-transfer-config ...`), `kvferry proxy` in front, and a colocated
 # `kvferry serve` as the reference. The same greedy requests go to the proxy and to the
 # colocated server (official `openai` client, streaming and not, prompts of 1 to 2,000
-# tokens); the answers must agree token for token. Afterwards every server's KV blocks in
-# use must be back to zero.
+# tokens); the answers must agree token for token; /v1/responses (tests/disagg/responses.mjs)
+# colocated and through the proxy. Afterwards every server's KV blocks in use must be back to zero.
 #
 # Usage: disagg_test.sh KVFERRY_BINARY loopback|netns tcp|shm
 #   loopback: everything on 127.0.0.1.
@@ -107,6 +107,13 @@ done
 "${in_x[@]}" node "$here/compare.mjs" --a "$proxy_url" --b "http://$X:$c_port" --model tiny \
   --max-tokens 8 --concurrency 4 --chat 3 | tee "$work/compare.out"
 [ "${PIPESTATUS[0]}" = 0 ] || fail "proxy and colocated answers differ"
+
+# POST /v1/responses with the official client: on the colocated server, and through the proxy
+# (the P/D path) against it.
+for a in "http://$X:$c_port" "$proxy_url"; do
+  "${in_x[@]}" node "$here/responses.mjs" --a "$a" --b "http://$X:$c_port" --model tiny | tee "$work/responses.out"
+  [ "${PIPESTATUS[0]}" = 0 ] || fail "/v1/responses through $a"
+done
 
 metric() {  # metric URL NAME → sum over samples
   "${in_x[@]}" curl -s --max-time 5 "$1/metrics" |

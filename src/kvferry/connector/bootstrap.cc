@@ -124,6 +124,19 @@ BootstrapMap BootstrapRegistry::Snapshot() const {
   return map_;
 }
 
+void BootstrapRegistry::Expect(int64_t dp_rank) {
+  MutexLock l(mu_);
+  expected_.insert(dp_rank);
+}
+
+bool BootstrapRegistry::Complete() const {
+  MutexLock l(mu_);
+  if (map_.empty()) return false;
+  for (int64_t dp : expected_)
+    if (map_.count(dp) == 0) return false;
+  return true;
+}
+
 bool BootstrapRegistry::Handle(const http::Request& req, http::Responder& resp) {
   if (req.path == "/register") {
     if (req.method != "POST") {
@@ -144,6 +157,11 @@ bool BootstrapRegistry::Handle(const http::Request& req, http::Responder& resp) 
   if (req.path == "/query") {
     if (req.method != "GET") {
       RespondJson(resp, 405, {{"detail", "use GET /query"}});
+      return true;
+    }
+    if (!Complete()) {
+      resp.Respond(503, "application/json",
+                   R"({"detail":"the prefiller's workers have not registered yet; retry"})", {{"Retry-After", "1"}});
       return true;
     }
     resp.Respond(200, "application/json", EncodeBootstrapMap(Snapshot()));

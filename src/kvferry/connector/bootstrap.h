@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "kvferry/base/base.h"
@@ -34,12 +35,18 @@ class BootstrapRegistry {
   // differs from the one stored for that dp_rank.
   Status Register(const WorkerInfo& w);
   BootstrapMap Snapshot() const;
+  // The embedded server's own instance: GET /query answers 503 (Retry-After: 1) until every
+  // expected dp rank has registered (and, with none expected, while nothing is registered), so
+  // no router ever sees a 200 without workers.
+  void Expect(int64_t dp_rank);
+  bool Complete() const;
   // Handles /register and /query; false for other paths (the caller answers those).
   bool Handle(const http::Request& req, http::Responder& resp);
 
  private:
   mutable Mutex mu_;
   BootstrapMap map_ KVF_GUARDED_BY(mu_);
+  std::set<int64_t> expected_ KVF_GUARDED_BY(mu_);
 };
 
 // JSON of GET /query: {"<dp>": {"engine_id": s, "worker_addr": {"<tp>": {"<pp>": addr}}}}.

@@ -12,13 +12,20 @@ TEST(BootstrapTest, RegisterAndQueryOverHttp) {
   auto server = BootstrapServer::Start("127.0.0.1", 0);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   std::string base = "http://127.0.0.1:" + std::to_string((*server)->port());
+  (*server)->registry().Expect(1);
+  // Never a 200 without workers (vllm-router takes a 200 {} as final): 503 + Retry-After.
   auto empty = QueryBootstrap(base, Deadline::After(5s));
-  ASSERT_TRUE(empty.ok());
-  EXPECT_TRUE(empty->empty());
+  EXPECT_EQ(empty.status().code(), StatusCode::kUnavailable);
   auto raw = http::Fetch(base + "/query", http::FetchOptions{}, Deadline::After(5s));
   ASSERT_TRUE(raw.ok());
-  EXPECT_EQ(raw->body, "{}");
+  EXPECT_EQ(raw->status, 503);
+  ASSERT_NE(raw->Find("Retry-After"), nullptr);
+  EXPECT_EQ(*raw->Find("Retry-After"), "1");
   ASSERT_TRUE(RegisterWorker(base, {"eng-a", 0, 0, 0, "tcp://10.0.0.2:5001"}, 5s).ok());
+  // dp rank 1 (expected) is still missing.
+  raw = http::Fetch(base + "/query", http::FetchOptions{}, Deadline::After(5s));
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->status, 503);
   ASSERT_TRUE(RegisterWorker(base, {"eng-a", 0, 1, 0, "tcp://10.0.0.2:5002"}, 5s).ok());
   ASSERT_TRUE(RegisterWorker(base, {"eng-b", 1, 0, 0, "tcp://10.0.0.2:5003"}, 5s).ok());
   auto q = http::Fetch(base + "/query", http::FetchOptions{}, Deadline::After(5s));

@@ -168,7 +168,6 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
   }
   if (!have_connector) return InvalidArgumentError("--kv-transfer-config: 'kv_connector' is required (\"MooncakeConnector\")");
   if (!have_role) return InvalidArgumentError("--kv-transfer-config: 'kv_role' is required (kv_producer, kv_consumer or kv_both)");
-  if (c.engine_id.empty()) c.engine_id = NewUuid4();
   if (auto p = env("VLLM_MOONCAKE_BOOTSTRAP_PORT")) {
     unsigned port = 0;
     auto [ptr, ec] = std::from_chars(p->data(), p->data() + p->size(), port);
@@ -185,7 +184,29 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
     KVF_ASSIGN_OR_RETURN(double s, ParseSeconds("VLLM_MOONCAKE_CONNECTOR_TIMEOUT", *t));
     c.connector_timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
   }
+  if (auto t = env("KVFERRY_UNCLAIMED_PULL_TIMEOUT")) {
+    KVF_ASSIGN_OR_RETURN(double s, ParseSeconds("KVFERRY_UNCLAIMED_PULL_TIMEOUT", *t));
+    c.unclaimed_pull_timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
+  }
   return c;
+}
+
+std::string StableEngineId(const std::string& host, int port, int64_t dp_rank) {
+  // Two FNV-1a 64-bit digests with different offsets over the identity; shaped as a UUID
+  // (version nibble 8 = "custom", RFC 9562) so it looks like what vLLM users expect.
+  const std::string key = fmt::format("kvferry-engine|{}|{}|{}", host, port, dp_rank);
+  auto fnv = [&](uint64_t h) {
+    for (unsigned char ch : key) {
+      h ^= ch;
+      h *= 0x100000001b3ull;
+    }
+    return h;
+  };
+  uint64_t hi = fnv(0xcbf29ce484222325ull), lo = fnv(0x84222325cbf29ce4ull ^ hi);
+  hi = (hi & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000008000ull;
+  lo = (lo & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull;
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
+                     lo & 0xFFFFFFFFFFFFull);
 }
 
 }  // namespace kvferry::connector

@@ -20,7 +20,8 @@ enum class LoadFailurePolicy { kFail, kRecompute };
 
 struct KvTransferConfig {
   KvRole role = KvRole::kBoth;
-  std::string engine_id;  // generated (UUID v4) when absent
+  // Empty when absent: Connector::Create derives a stable one (StableEngineId).
+  std::string engine_id;
   LoadFailurePolicy load_failure_policy = LoadFailurePolicy::kFail;
   int num_workers = 10;
   transfer::Protocol protocol = transfer::Protocol::kTcp;
@@ -30,6 +31,10 @@ struct KvTransferConfig {
   uint16_t bootstrap_port = 8998;
   Duration abort_request_timeout = std::chrono::seconds(480);
   Duration connector_timeout = std::chrono::seconds(30);
+  // KVFERRY_UNCLAIMED_PULL_TIMEOUT: how long a prefiller keeps a decoder's pull for a transfer_id
+  // that no prefill request has claimed before answering ERROR (routers send the decode leg even
+  // when the prefill leg never arrived).
+  Duration unclaimed_pull_timeout = std::chrono::seconds(30);
   // Keys vLLM knows that mean nothing here (warned about, not rejected).
   std::vector<std::string> ignored_keys;
 };
@@ -46,5 +51,8 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view json, const En
 
 // A random RFC 4122 version-4 UUID, lowercase with dashes.
 std::string NewUuid4();
+// The default engine_id of an instance: a UUID-shaped digest of (host, port, dp_rank), the same
+// every time the same instance starts, so routers that cached it keep working after a restart.
+std::string StableEngineId(const std::string& host, int port, int64_t dp_rank);
 
 }  // namespace kvferry::connector

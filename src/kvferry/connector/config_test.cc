@@ -26,11 +26,21 @@ TEST(KvTransferConfigTest, SeedCommandLinesParse) {
   EXPECT_EQ(p->bootstrap_port, 8998);
   EXPECT_EQ(p->abort_request_timeout, std::chrono::seconds(480));
   EXPECT_EQ(p->connector_timeout, std::chrono::seconds(30));
-  EXPECT_EQ(p->engine_id.size(), 36u);  // a generated UUID
+  EXPECT_EQ(p->unclaimed_pull_timeout, std::chrono::seconds(30));
+  EXPECT_TRUE(p->engine_id.empty());  // derived by Connector::Create (StableEngineId)
   auto d = ParseKvTransferConfig(R"({"kv_connector":"MooncakeConnector","kv_role":"kv_consumer"})", Env({}));
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->role, KvRole::kConsumer);
-  EXPECT_NE(d->engine_id, p->engine_id);
+}
+
+TEST(KvTransferConfigTest, StableEngineIdDependsOnlyOnTheInstance) {
+  const std::string a = StableEngineId("10.0.0.2", 8010, 0);
+  EXPECT_EQ(a.size(), 36u);
+  EXPECT_EQ(a[8], '-');
+  EXPECT_EQ(a, StableEngineId("10.0.0.2", 8010, 0));  // same instance, same id (after a restart)
+  EXPECT_NE(a, StableEngineId("10.0.0.2", 8011, 0));
+  EXPECT_NE(a, StableEngineId("10.0.0.3", 8010, 0));
+  EXPECT_NE(a, StableEngineId("10.0.0.2", 8010, 1));
 }
 
 TEST(KvTransferConfigTest, EveryKeyAndTheEnvironment) {
@@ -41,7 +51,8 @@ TEST(KvTransferConfigTest, EveryKeyAndTheEnvironment) {
                                        "bootstrap_server_address":"10.0.0.9:8998"}})",
       Env({{"VLLM_MOONCAKE_BOOTSTRAP_PORT", "9100"},
            {"VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT", "2.5"},
-           {"VLLM_MOONCAKE_CONNECTOR_TIMEOUT", "7"}}));
+           {"VLLM_MOONCAKE_CONNECTOR_TIMEOUT", "7"},
+           {"KVFERRY_UNCLAIMED_PULL_TIMEOUT", "4"}}));
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->role, KvRole::kBoth);
   EXPECT_EQ(c->engine_id, "e1");
@@ -53,6 +64,7 @@ TEST(KvTransferConfigTest, EveryKeyAndTheEnvironment) {
   EXPECT_EQ(c->bootstrap_port, 9100);
   EXPECT_EQ(c->abort_request_timeout, std::chrono::milliseconds(2500));
   EXPECT_EQ(c->connector_timeout, std::chrono::seconds(7));
+  EXPECT_EQ(c->unclaimed_pull_timeout, std::chrono::seconds(4));
   ASSERT_EQ(c->ignored_keys.size(), 1u);
   EXPECT_EQ(c->ignored_keys[0], "kv_buffer_device");
 }

@@ -105,8 +105,10 @@ class ConnectorImpl final : public Connector {
       return InvalidArgumentError(fmt::format(
           "kv_transfer_params.remote_bootstrap_addr '{}' is not an http://HOST:PORT address", p.remote_bootstrap_addr));
     }
-    const int64_t dp = p.remote_dp_rank.value_or(0);
-    if (dp < 0) return InvalidArgumentError("kv_transfer_params.remote_dp_rank must be >= 0");
+    // Without remote_dp_rank the prefiller rank is the one whose engine is remote_engine_id
+    // (kAnyDpRank; rank 0 when no engine id is named either), as vLLM's decoder finds it.
+    const int64_t dp = p.remote_dp_rank.value_or(kAnyDpRank);
+    if (p.remote_dp_rank && dp < 0) return InvalidArgumentError("kv_transfer_params.remote_dp_rank must be >= 0");
     Consumer* cons = consumer();
     if (cons == nullptr) return FailedPreconditionError("connector is not started");
     KVF_RETURN_IF_ERROR(cons->Begin(request_id, p.transfer_id, url, p.remote_engine_id, dp));
@@ -116,6 +118,22 @@ class ConnectorImpl final : public Connector {
   void CancelRequest(const std::string& request_id) override {
     if (Producer* p = producer(); p != nullptr && p->Cancel(request_id)) return;
     if (Consumer* c = consumer()) c->Cancel(request_id);
+  }
+
+  void OnRejected(const RequestKvParams& p, const Status& why) override {
+    if (p.transfer_id.empty() || p.do_remote_decode == p.do_remote_prefill) return;
+    if (p.do_remote_decode) {
+      if (Producer* prod = producer()) {
+        prod->Reject(p.transfer_id, fmt::format("its prefill leg was refused: {}", why.message()));
+      }
+      return;
+    }
+    Consumer* c = consumer();
+    if (c == nullptr || p.remote_bootstrap_addr.empty()) return;
+    StatusOr<http::Url> parsed = http::ParseUrl(NormalizeUrl(p.remote_bootstrap_addr));
+    if (!parsed.ok() || parsed->host.empty()) return;
+    c->Abandon(p.transfer_id, NormalizeUrl(p.remote_bootstrap_addr), p.remote_engine_id,
+               std::max<int64_t>(kAnyDpRank, p.remote_dp_rank.value_or(kAnyDpRank)));
   }
 
   void OnOutput(const engine::Output& output) override {
@@ -142,6 +160,13 @@ class ConnectorImpl final : public Connector {
   std::string bootstrap_url() const override {
     MutexLock l(mu_);
     return bootstrap_url_;
+  }
+
+  int64_t dp_rank() const override { return options_.dp_rank; }
+  std::optional<BootstrapMap> BootstrapSnapshot() const override {
+    MutexLock l(mu_);
+    if (bootstrap_ == nullptr) return std::nullopt;
+    return bootstrap_->registry().Snapshot();
   }
 
   void Shutdown(const Deadline& deadline) override {
@@ -227,6 +252,12 @@ class ConnectorImpl final : public Connector {
       }
       const bool any = options_.bootstrap_bind_host == "0.0.0.0" || options_.bootstrap_bind_host.empty();
       url = fmt::format("http://{}:{}", any ? host : options_.bootstrap_bind_host, (*b)->port());
+      // /query answers 503 until every expected worker registered.
+      if (options_.expect_dp_ranks.empty()) {
+        (*b)->registry().Expect(options_.dp_rank);
+      } else {
+        for (int64_t r : options_.expect_dp_ranks) (*b)->registry().Expect(r);
+      }
       MutexLock l(mu_);
       bootstrap_ = std::move(*b);
     } else {
@@ -280,7 +311,11 @@ class ConnectorImpl final : public Connector {
 
 StatusOr<std::unique_ptr<Connector>> Connector::Create(const ConnectorOptions& options) {
   ConnectorOptions o = options;
-  if (o.config.engine_id.empty()) o.config.engine_id = NewUuid4();
+  if (o.config.engine_id.empty()) {
+    // Stable across restarts of the same instance: routers cache engine ids forever.
+    const std::string host = o.advertise_host.empty() ? PrimaryIpv4() : o.advertise_host;
+    o.config.engine_id = o.instance_port > 0 ? StableEngineId(host, o.instance_port, o.dp_rank) : NewUuid4();
+  }
   if (o.config.num_workers < 1 || o.config.num_workers > 256) {
     return InvalidArgumentError(fmt::format("num_workers {} is outside 1..256", o.config.num_workers));
   }

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "kvferry/base/base.h"
 #include "kvferry/connector/bootstrap.h"
@@ -28,7 +29,15 @@ struct ConnectorOptions {
   std::string advertise_host;
   // Host the embedded bootstrap server binds ("0.0.0.0" = every interface).
   std::string bootstrap_bind_host = "0.0.0.0";
-  int64_t dp_rank = 0;  // this instance's data-parallel rank (tp = pp = 0: one worker)
+  int64_t dp_rank = 0;  // this worker's data-parallel rank (tp = pp = 0: one worker per rank)
+  // The dp ranks the embedded bootstrap server (started by this worker) waits for before GET
+  // /query answers 200. Empty (default): just `dp_rank`. A server with several data-parallel
+  // ranks lists every rank (local and headless) here on the worker that starts the server; the
+  // other ranks' workers name it in config.bootstrap_server_address.
+  std::vector<int64_t> expect_dp_ranks;
+  // The HTTP port this instance serves on. With config.engine_id empty the engine id is
+  // StableEngineId(advertised host, instance_port, dp_rank); 0 (unknown): a random UUID.
+  int instance_port = 0;
   // Decoder: how long one load waits for the prefiller's answer once its pull was sent.
   // Zero (default): config.abort_request_timeout + 60 s, as PROTOCOL.md §4 says.
   Duration load_timeout = Duration::zero();
@@ -86,6 +95,11 @@ class Connector {
   // CancelRequest if Add failed.
   virtual StatusOr<engine::KvRole> BeginRequest(const std::string& request_id, const RequestKvParams& params) = 0;
   virtual void CancelRequest(const std::string& request_id) = 0;
+  // The server refused a request carrying these params before (or when) BeginRequest ran: bad
+  // body, unknown model, overload, duplicate transfer_id. Routers send the other leg anyway, so a
+  // refused prefill leg makes pulls for its transfer_id get ERROR at once, and a refused decode
+  // leg tells its prefiller (the empty pull) to free the blocks now. `why` is what the client got.
+  virtual void OnRejected(const RequestKvParams& params, const Status& why) = 0;
   // Every Output of a request BeginRequest accepted (the final one carries held_blocks).
   virtual void OnOutput(const engine::Output& output) = 0;
 
@@ -99,6 +113,11 @@ class Connector {
   virtual const KvTransferConfig& config() const = 0;
   // "http://HOST:PORT" of the bootstrap server this worker registered with ("" for consumer).
   virtual std::string bootstrap_url() const = 0;
+  // The data-parallel rank this worker registered under (ConnectorOptions.dp_rank).
+  virtual int64_t dp_rank() const = 0;
+  // The embedded bootstrap server's map (every registered rank), or nullopt when this worker
+  // started none (consumer, a rank > 0 or an external server).
+  virtual std::optional<BootstrapMap> BootstrapSnapshot() const = 0;
 
   // Stops the side channel and the sender pool, fails pending loads (policy applies), frees
   // held blocks, stops the embedded bootstrap server. Idempotent.

@@ -44,6 +44,7 @@ struct SideOptions {
   LoadFailurePolicy policy = LoadFailurePolicy::kFail;
   Duration abort_timeout = 30s;
   Duration load_timeout = 20s;
+  Duration unclaimed = 30s;
   int64_t block_size = 16;
 };
 
@@ -59,6 +60,7 @@ class Side {
     o.config.num_workers = 2;
     o.config.bootstrap_port = 0;
     o.config.abort_request_timeout = so.abort_timeout;
+    o.config.unclaimed_pull_timeout = so.unclaimed;
     o.config.connector_timeout = 2s;
     o.advertise_host = "127.0.0.1";
     o.bootstrap_bind_host = "127.0.0.1";
@@ -333,8 +335,122 @@ TEST_P(ConnectorE2ETest, PullWithoutPrefillTimesOut) {
   ASSERT_TRUE(dc.WaitFinished("d", 20s));
   const Result r = dc.Get("d");
   EXPECT_EQ(r.reason, FinishReason::kError);
-  EXPECT_NE(r.error.message().find("waiting for the prefill"), std::string::npos) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("no prefill request"), std::string::npos) << r.error.ToString();
   EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
+}
+
+// Routers send the decode leg even when the prefill leg never reached the prefiller: its pull is
+// answered after the unclaimed-pull bound, not the (long) abort timeout; the failure policy applies.
+TEST_P(ConnectorE2ETest, UnclaimedPullEndsAtItsBound) {
+  for (LoadFailurePolicy policy : {LoadFailurePolicy::kFail, LoadFailurePolicy::kRecompute}) {
+    SideOptions po, dopt;
+    po.abort_timeout = 60s;
+    po.unclaimed = 400ms;
+    dopt.policy = policy;
+    Make(po, dopt);
+    const auto prompt = RandomPrompt(20, 12);
+    Collector dc;
+    const double t0 = NowSeconds();
+    ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-unclaimed"), dc).ok());
+    ASSERT_TRUE(dc.WaitFinished("d", 20s));
+    const double took = NowSeconds() - t0;
+    EXPECT_GE(took, 0.3);
+    EXPECT_LT(took, 10.0);
+    const Result r = dc.Get("d");
+    if (policy == LoadFailurePolicy::kFail) {
+      EXPECT_EQ(r.reason, FinishReason::kError);
+      EXPECT_NE(r.error.message().find("no prefill request with transfer_id xfer-unclaimed"), std::string::npos)
+          << r.error.ToString();
+    } else {
+      EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 4));
+    }
+    EXPECT_EQ(p_->conn->GetStats().waiting_pulls, 0);
+    // A prefill leg that comes after its decoder gave up runs without holding its KV.
+    auto late = p_->conn->BeginRequest("p-late", PrefillLeg("xfer-unclaimed"));
+    ASSERT_TRUE(late.ok()) << late.status().ToString();
+    EXPECT_EQ(*late, engine::KvRole::kLocal);
+    p_->conn->CancelRequest("p-late");
+    TearDown();
+  }
+}
+
+// A prefill leg the server refused: pulls for its transfer_id, waiting or later, get ERROR at once.
+TEST_P(ConnectorE2ETest, RefusedPrefillLegAnswersPullsAtOnce) {
+  SideOptions po;
+  po.abort_timeout = 60s;  // both bounds long: only the refusal can end the pulls quickly
+  po.unclaimed = 60s;
+  Make(po);
+  const auto prompt = RandomPrompt(24, 14);
+  Collector dc;
+  ASSERT_TRUE(d_->Add("d1", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-refused"), dc).ok());
+  ASSERT_TRUE(WaitFor([&] { return p_->conn->GetStats().waiting_pulls == 1; }, 10s));
+  const double t0 = NowSeconds();
+  p_->conn->OnRejected(PrefillLeg("xfer-refused"), InvalidArgumentError("'temperature' must be in [0, 100]"));
+  ASSERT_TRUE(dc.WaitFinished("d1", 20s));
+  EXPECT_LT(NowSeconds() - t0, 3.0);
+  EXPECT_EQ(dc.Get("d1").reason, FinishReason::kError);
+  EXPECT_NE(dc.Get("d1").error.message().find("refused: 'temperature'"), std::string::npos)
+      << dc.Get("d1").error.ToString();
+  // A pull that comes after the refusal.
+  ASSERT_TRUE(d_->Add("d2", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-refused"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d2", 5s));
+  EXPECT_EQ(dc.Get("d2").reason, FinishReason::kError);
+  // A refused duplicate does not touch the accepted request that owns the id.
+  Collector pc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-owned"), pc).ok());
+  EXPECT_EQ(p_->conn->BeginRequest("p-dup", PrefillLeg("xfer-owned")).status().code(), StatusCode::kAlreadyExists);
+  p_->conn->OnRejected(PrefillLeg("xfer-owned"), AlreadyExistsError("duplicate"));
+  ASSERT_TRUE(d_->Add("d3", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-owned"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d3", 60s));
+  EXPECT_EQ(dc.Get("d3").tokens, ReferenceGreedy(prompt, 4));
+  ASSERT_TRUE(pc.WaitFinished("p", 60s));  // its callback must be done before pc goes away
+}
+
+// A decoder that refuses a decode leg (bad body) or cannot pull it (engine_id mismatch) still
+// tells the prefiller, which frees the held KV at once rather than at the abort timeout.
+TEST_P(ConnectorE2ETest, DecoderRefusalFreesThePrefillersKv) {
+  SideOptions po;
+  po.abort_timeout = 60s;
+  Make(po);
+  const auto prompt = RandomPrompt(50, 15);
+  Collector pc, dc;
+  ASSERT_TRUE(p_->Add("p1", Greedy("", prompt, 1), PrefillLeg("xfer-r1"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p1"));
+  EXPECT_EQ(p_->conn->GetStats().held_requests, 1);
+  d_->conn->OnRejected(DecodeLeg(*p_, "xfer-r1"), InvalidArgumentError("bad top_p"));
+  EXPECT_TRUE(p_->BlocksFree(5s));
+  EXPECT_EQ(p_->conn->GetStats().held_requests, 0);
+  ASSERT_TRUE(p_->Add("p2", Greedy("", prompt, 1), PrefillLeg("xfer-r2"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p2"));
+  RequestKvParams wrong = DecodeLeg(*p_, "xfer-r2");
+  wrong.remote_engine_id = "engine-not-this-one";
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), wrong, dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 20s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
+  EXPECT_NE(dc.Get("d").error.message().find("does not match"), std::string::npos) << dc.Get("d").error.ToString();
+  EXPECT_TRUE(p_->BlocksFree(5s));
+  EXPECT_EQ(p_->conn->GetStats().held_requests, 0);
+}
+
+TEST(ConnectorCreateTest, DefaultEngineIdIsStable) {
+  ConnectorOptions o;
+  o.config.role = KvRole::kProducer;
+  o.advertise_host = "10.1.2.3";
+  o.instance_port = 8010;
+  auto a = Connector::Create(o);
+  auto b = Connector::Create(o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*a)->config().engine_id, StableEngineId("10.1.2.3", 8010, 0));
+  EXPECT_EQ((*a)->config().engine_id, (*b)->config().engine_id);
+  o.config.engine_id = "mine";
+  auto c = Connector::Create(o);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->config().engine_id, "mine");  // an explicit engine_id wins
+  o.config.engine_id.clear();
+  o.instance_port = 0;  // no stable identity: random
+  auto d = Connector::Create(o), e = Connector::Create(o);
+  ASSERT_TRUE(d.ok() && e.ok());
+  EXPECT_NE((*d)->config().engine_id, (*e)->config().engine_id);
 }
 
 TEST_P(ConnectorE2ETest, DuplicateTransferIdRejected) {

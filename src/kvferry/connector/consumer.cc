@@ -86,6 +86,15 @@ bool Consumer::Cancel(const std::string& request_id) {
   return true;
 }
 
+void Consumer::Abandon(const std::string& transfer_id, const std::string& bootstrap_url, const std::string& engine_id,
+                       int64_t dp_rank) {
+  if (transfer_id.empty() || bootstrap_url.empty()) return;
+  Command c;
+  c.kind = Command::Kind::kNotice;
+  c.pull = Pull{"refused-" + transfer_id, transfer_id, bootstrap_url, engine_id, dp_rank, {}, true, true};
+  Enqueue(std::move(c));
+}
+
 bool Consumer::OnOutput(const engine::Output& o) {
   if (!o.finished) return false;
   Command c;
@@ -332,6 +341,7 @@ void Consumer::Process(Command c) {
       Resolve(std::move(c.pull));
       break;
     }
+    case Command::Kind::kNotice: Resolve(std::move(c.pull)); break;
     case Command::Kind::kResolved: OnResolved(c.url, std::move(*c.map)); break;
   }
 }
@@ -345,7 +355,7 @@ void Consumer::Resolve(Pull pull) {
       return;
     }
     if (!pull.may_requery) {
-      FailPull(pull, addr.status());
+      FailAndNotify(std::move(pull), addr.status(), &*b.map);
       return;
     }
     b.map.reset();  // stale (the prefiller restarted?): query again once
@@ -387,26 +397,39 @@ void Consumer::OnResolved(const std::string& url, StatusOr<BootstrapMap> map) {
     if (addr.ok()) {
       Send(std::move(p), *addr);
     } else {
-      FailPull(p, addr.status());
+      FailAndNotify(std::move(p), addr.status(), &*b.map);
     }
   }
 }
 
 StatusOr<std::string> Consumer::PickWorker(const BootstrapMap& map, const Pull& pull) const {
-  auto dp = map.find(pull.dp_rank);
-  if (dp == map.end()) {
-    return NotFoundError(
-        fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url, pull.dp_rank));
+  auto dp = map.end();
+  if (pull.dp_rank == kAnyDpRank && !pull.engine_id.empty()) {
+    for (auto it = map.begin(); it != map.end(); ++it)
+      if (it->second.engine_id == pull.engine_id) dp = it;
+    if (dp == map.end() && pull.empty) dp = map.find(0);  // a notice for an unknown engine: rank 0's worker
+    if (dp == map.end() && !pull.empty) {
+      return FailedPreconditionError(
+          fmt::format("remote_engine_id {} does not match any engine that bootstrap server {} lists", pull.engine_id,
+                      pull.bootstrap_url));
+    }
+  } else {
+    dp = map.find(std::max<int64_t>(0, pull.dp_rank));
   }
-  if (!pull.engine_id.empty() && dp->second.engine_id != pull.engine_id) {
+  if (dp == map.end()) {
+    return NotFoundError(fmt::format("bootstrap server {} lists no prefiller worker for dp_rank {}", pull.bootstrap_url,
+                                     std::max<int64_t>(0, pull.dp_rank)));
+  }
+  // (The empty pull only frees a transfer_id: it goes to the rank's worker whatever its engine.)
+  if (!pull.empty && !pull.engine_id.empty() && dp->second.engine_id != pull.engine_id) {
     return FailedPreconditionError(
         fmt::format("remote_engine_id {} does not match engine {} that bootstrap server {} lists for dp_rank {}",
-                    pull.engine_id, dp->second.engine_id, pull.bootstrap_url, pull.dp_rank));
+                    pull.engine_id, dp->second.engine_id, pull.bootstrap_url, dp->first));
   }
   auto tp = dp->second.worker_addr.find(0);
   if (tp == dp->second.worker_addr.end() || tp->second.count(0) == 0) {
-    return NotFoundError(fmt::format("bootstrap server {} lists no tp 0 / pp 0 worker for dp_rank {}",
-                                     pull.bootstrap_url, pull.dp_rank));
+    return NotFoundError(
+        fmt::format("bootstrap server {} lists no tp 0 / pp 0 worker for dp_rank {}", pull.bootstrap_url, dp->first));
   }
   return tp->second.at(0);
 }
@@ -511,6 +534,15 @@ void Consumer::FailPull(const Pull& pull, const Status& st) {
     return;
   }
   Complete(pull.request_id, st, 0, {});
+}
+
+void Consumer::FailAndNotify(Pull pull, const Status& why, const BootstrapMap* map) {
+  FailPull(pull, why);
+  if (pull.empty || map == nullptr) return;
+  pull.empty = true;
+  pull.blocks.clear();
+  StatusOr<std::string> addr = PickWorker(*map, pull);
+  if (addr.ok()) Send(std::move(pull), *addr);
 }
 
 void Consumer::Complete(const std::string& request_id, const Status& st, uint64_t bytes, Duration took) {

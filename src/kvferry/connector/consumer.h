@@ -30,6 +30,9 @@
 
 namespace kvferry::connector {
 
+// A load's prefiller rank is the one whose engine id it names (no remote_dp_rank was given).
+inline constexpr int64_t kAnyDpRank = -1;
+
 class Consumer {
  public:
   // `engine`, `transfer`, `metrics` and `zmq_ctx` must outlive this object. `transfer` is this
@@ -42,10 +45,15 @@ class Consumer {
 
   Status Start();
 
-  // A do_remote_prefill request (params already validated by the caller).
+  // A do_remote_prefill request (params already validated by the caller). `dp_rank` kAnyDpRank:
+  // the prefiller rank whose engine is `engine_id` (rank 0 when engine_id is empty).
   Status Begin(const std::string& request_id, const std::string& transfer_id, const std::string& bootstrap_url,
                const std::string& engine_id, int64_t dp_rank);
   bool Cancel(const std::string& request_id);
+  // The server refused a decode leg before it became a request (validation, overload, ...):
+  // the prefiller is told (the empty pull) so it frees that transfer's blocks at once.
+  void Abandon(const std::string& transfer_id, const std::string& bootstrap_url, const std::string& engine_id,
+               int64_t dp_rank);
   bool OnOutput(const engine::Output& output);
   // The engine hooks.
   void OnNeeded(const std::string& request_id, std::span<const int32_t> block_ids, int num_local_cached_tokens);
@@ -79,8 +87,9 @@ class Consumer {
     bool may_requery = true;  // a cached bootstrap map that does not fit is queried again once
   };
   struct Command {
-    enum class Kind { kPull, kAbort, kResolved } kind = Kind::kPull;
-    Pull pull;                                  // kPull, kAbort
+    // kNotice: only the empty pull for a transfer no local request owns.
+    enum class Kind { kPull, kAbort, kNotice, kResolved } kind = Kind::kPull;
+    Pull pull;                                  // kPull, kAbort, kNotice
     std::string url;                            // kResolved
     std::optional<StatusOr<BootstrapMap>> map;  // kResolved
   };
@@ -108,6 +117,9 @@ class Consumer {
   void Send(Pull pull, const std::string& addr);
   void HandleReply(const std::string& addr, const std::vector<std::string>& frames);
   void FailPull(const Pull& pull, const Status& st);
+  // A real pull that cannot be sent (`why`): fails it, and when `map` names a worker for its dp
+  // rank, still sends that worker the empty pull so the prefiller frees the blocks now.
+  void FailAndNotify(Pull pull, const Status& why, const BootstrapMap* map);
   // Ends a load: the engine learns the outcome. No-op if the load is gone (aborted, finished).
   void Complete(const std::string& request_id, const Status& st, uint64_t bytes, Duration took);
   bool StillLoading(const std::string& request_id);

@@ -75,12 +75,12 @@ StatusOr<engine::KvRole> Producer::Begin(const std::string& request_id, const st
     }
     if (e.aborted) {
       // The decoder gave up before this request arrived: run it without holding anything.
-      KVF_LOG_INFO("connector: transfer {} was aborted by its decoder; request {} keeps no KV", transfer_id,
+      KVF_LOG_INFO("connector: transfer {} was given up by its decoder; request {} keeps no KV", transfer_id,
                    request_id);
       entries_.erase(it);
       return engine::KvRole::kLocal;
     }
-    e.request_id = request_id;  // a pull is already waiting for it
+    e.request_id = request_id;  // a pull is already waiting for it: it may now wait the abort timeout
   } else {
     entries_[transfer_id].request_id = request_id;
   }
@@ -103,6 +103,18 @@ bool Producer::Cancel(const std::string& request_id) {
   }
   TombstoneLocked(tid, "the prefiller did not accept the request");
   return true;
+}
+
+void Producer::Reject(const std::string& transfer_id, const std::string& why) {
+  if (transfer_id.empty()) return;
+  MutexLock l(mu_);
+  auto it = entries_.find(transfer_id);
+  if (it != entries_.end()) {
+    if (!it->second.request_id.empty()) return;  // an accepted request owns the id (a duplicate was refused)
+    FailWaitingLocked(it->second, FailedPreconditionError(fmt::format("transfer {}: {}", transfer_id, why)));
+    entries_.erase(it);
+  }
+  TombstoneLocked(transfer_id, why);
 }
 
 bool Producer::OnOutput(const engine::Output& o) {
@@ -298,7 +310,7 @@ void Producer::HandleMessage(std::vector<std::string> frames) {
     return;
   }
   for (auto& [d_req_id, rb] : m->req_blocks) {
-    Job job{ctx, d_req_id, rb.transfer_id, {}, {}};
+    Job job{ctx, d_req_id, rb.transfer_id, {}, Now()};
     size_t non_empty = 0;
     for (const auto& g : rb.groups) non_empty += g.empty() ? 0 : 1;
     Status bad;
@@ -354,7 +366,6 @@ void Producer::Dispatch(Job job) {
         e.in_flight = true;
         run = Run{std::move(job), e.blocks, e.request_id};
       } else {
-        job.wait_until = Now() + config_.abort_request_timeout;
         e.waiting.push_back(std::move(job));
       }
     }
@@ -502,16 +513,32 @@ void Producer::Timers() {
         TombstoneLocked(tid, "its KV expired unpulled (VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT)");
         continue;
       }
+      // A pull whose transfer_id no prefill request claimed is kept only briefly: routers send
+      // the decode leg even when the prefill leg was refused elsewhere or never sent.
+      const bool unclaimed = e.request_id.empty();
+      const Duration limit = unclaimed ? std::min(config_.unclaimed_pull_timeout, config_.abort_request_timeout)
+                                       : config_.abort_request_timeout;
       for (size_t i = 0; i < e.waiting.size();) {
-        if (now < e.waiting[i].wait_until) {
+        if (now < e.waiting[i].arrived + limit) {
           ++i;
           continue;
         }
-        FinishJobLocked(e.waiting[i],
-                        DeadlineExceededError(fmt::format(
-                            "timed out after {:.1f} s waiting for the prefill of transfer {} on the prefiller",
-                            Secs(config_.abort_request_timeout), it->first)));
+        FinishJobLocked(
+            e.waiting[i],
+            unclaimed
+                ? NotFoundError(fmt::format("no prefill request with transfer_id {} reached this prefiller within "
+                                            "{:.1f} s (KVFERRY_UNCLAIMED_PULL_TIMEOUT): was its prefill leg "
+                                            "refused, or sent to another prefiller?",
+                                            it->first, Secs(limit)))
+                : DeadlineExceededError(
+                      fmt::format("timed out after {:.1f} s waiting for the prefill of transfer {} on the prefiller",
+                                  Secs(limit), it->first)));
         e.waiting.erase(e.waiting.begin() + static_cast<std::ptrdiff_t>(i));
+        if (unclaimed && e.waiting.empty()) {
+          // The decoder has given up on it: a prefill leg that still comes holds no KV.
+          e.aborted = true;
+          e.placeholder_until = now + config_.abort_request_timeout;
+        }
       }
       if (e.request_id.empty() && e.waiting.empty() && (!e.aborted || now >= e.placeholder_until)) {
         it = entries_.erase(it);

@@ -46,6 +46,10 @@ class Producer {
   StatusOr<engine::KvRole> Begin(const std::string& request_id, const std::string& transfer_id);
   // False when the request is not one of ours.
   bool Cancel(const std::string& request_id);
+  // The server refused a prefill leg with this transfer_id before it became a request (bad
+  // body, unknown model, overload, duplicate id, ...): pulls for it get ERROR with `why` at once,
+  // now and for the abort timeout. No-op when an accepted request holds the id.
+  void Reject(const std::string& transfer_id, const std::string& why);
   bool OnOutput(const engine::Output& output);
 
   // Fails waiting pulls, stops the threads, frees held blocks. Idempotent.
@@ -70,7 +74,7 @@ class Producer {
     std::string d_req_id;
     std::string transfer_id;
     std::vector<int64_t> blocks;  // decoder block ids; empty = the decoder aborted
-    TimePoint wait_until{};
+    TimePoint arrived{};          // when the pull came in (its waits are bounded from here)
   };
   struct Entry {
     std::string request_id;  // empty: a placeholder (the pull came before the request)

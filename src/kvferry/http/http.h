@@ -81,6 +81,9 @@ class Server {
   virtual uint16_t port() const = 0;
   // Stops accepting, closes every connection (streams see ClientGone) and joins the io threads.
   virtual void Stop() = 0;
+  // Begins a graceful stop: keep-alive connections waiting for a request close now, and every
+  // response still being sent ends its connection (`Connection: close`). Stop() follows.
+  virtual void CloseIdle() = 0;
   virtual int64_t open_connections() const = 0;
 };
 

@@ -149,6 +149,76 @@ TEST(HttpTest, DisconnectWhileWaitingForAPlainAnswerIsReported) {
   EXPECT_TRUE(held->ClientGone());
 }
 
+// The client closes while the server is still busy with its request (here: a slow handler on the
+// io thread; in production a starved server): the close raises its epoll edge before the
+// server watches the socket, and must still be noticed (an abandoned remote-KV load stayed
+// pending 30 s in 1 of 20 router replay runs before the periodic check).
+TEST(HttpTest, CloseBeforeTheWatchStartsIsReported) {
+  std::atomic<bool> gone{false};
+  std::shared_ptr<Responder> held;
+  Mutex mu;
+  auto server = Start([&](Request, std::shared_ptr<Responder> r) {
+    std::this_thread::sleep_for(300ms);  // the client leaves meanwhile
+    r->OnClientGone([&] { gone = true; });
+    MutexLock l(mu);
+    held = r;  // never answers
+  });
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server->port());
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string req = "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+  ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  std::this_thread::sleep_for(100ms);  // the server is inside the handler now
+  close(fd);
+  for (int i = 0; i < 300 && !gone; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(gone.load());
+  MutexLock l(mu);
+  ASSERT_NE(held, nullptr);
+  EXPECT_TRUE(held->ClientGone());
+}
+
+// The client sends its request and closes before the (busy, single-threaded) server even
+// accepted the connection: request and close are one readiness edge, consumed by the wait for
+// the request; the close must still be noticed.
+TEST(HttpTest, CloseBeforeTheServerAcceptsIsReported) {
+  std::atomic<bool> gone{false};
+  std::atomic<int> calls{0};
+  std::vector<std::shared_ptr<Responder>> held;
+  Mutex mu;
+  ServerOptions o;
+  o.io_threads = 1;
+  auto server = Start(
+      [&](Request req, std::shared_ptr<Responder> r) {
+        if (calls++ == 0) {
+          std::this_thread::sleep_for(500ms);  // the only io thread is busy: nothing is accepted
+          r->Respond(200, "text/plain", "first");
+          return;
+        }
+        r->OnClientGone([&] { gone = true; });
+        MutexLock l(mu);
+        held.push_back(r);  // never answers
+      },
+      o);
+  std::thread first([&] { RawExchange(server->port(), "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); });
+  std::this_thread::sleep_for(100ms);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server->port());
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);  // the kernel's backlog accepts
+  const std::string req = "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+  ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  close(fd);
+  first.join();
+  for (int i = 0; i < 300 && !gone; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_TRUE(gone.load());
+}
+
 TEST(HttpTest, LimitsAndGarbageGetCleanErrors) {
   ServerOptions o;
   o.max_body_bytes = 1000;
@@ -322,6 +392,56 @@ TEST(HttpClientTest, StreamsReusesConnectionsAndReportsStatus) {
   });
   ASSERT_TRUE(w.WaitFor(7, 10s));
   EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().ToString();
+}
+
+// A stopping server must not wait for routers' idle keep-alive connections (a prefiller took
+// 2.1 s instead of 0.1 s to stop), but a response still being sent finishes first.
+TEST(HttpClientTest, CloseIdleEndsKeepAliveConnectionsAtOnce) {
+  std::shared_ptr<Responder> held;
+  Mutex mu;
+  auto server = Start([&](Request req, std::shared_ptr<Responder> r) {
+    if (req.path == "/slow") {
+      MutexLock l(mu);
+      held = std::move(r);  // answered later
+      return;
+    }
+    r->Respond(200, "text/plain", "ok");
+  });
+  auto client = Client::Create({});
+  ASSERT_TRUE(client.ok());
+  Waiter w;
+  StatusOr<Response> slow = UnknownError("unset");
+  (*client)->Fetch(Base(*server) + "/slow", CallOptions{}, [&](StatusOr<Response> r) {
+    slow = std::move(r);
+    w.Add();
+  });
+  for (int i = 0; i < 500; ++i) {
+    {
+      MutexLock l(mu);
+      if (held) break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  // A second connection (the first is busy), answered and left idle in the client's pool.
+  (*client)->Fetch(Base(*server) + "/x", CallOptions{}, [&](StatusOr<Response>) { w.Add(); });
+  ASSERT_TRUE(w.WaitFor(1, 10s));
+  EXPECT_EQ((*client)->idle_connections(), 1);
+  ASSERT_EQ(server->open_connections(), 2);
+  const double t0 = NowSeconds();
+  server->CloseIdle();
+  while (server->open_connections() > 1 && NowSeconds() - t0 < 5) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server->open_connections(), 1);  // only the one with a response pending
+  EXPECT_LT(NowSeconds() - t0, 0.5);
+  {
+    MutexLock l(mu);
+    held->Respond(200, "text/plain", "late");
+    held.reset();
+  }
+  ASSERT_TRUE(w.WaitFor(2, 10s));
+  ASSERT_TRUE(slow.ok()) << slow.status().ToString();
+  EXPECT_EQ(slow->body, "late");
+  while (server->open_connections() > 0 && NowSeconds() - t0 < 5) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server->open_connections(), 0);  // it closed after its answer
 }
 
 TEST(HttpClientTest, CancelClosesTheConnectionAndTimeoutsFire) {

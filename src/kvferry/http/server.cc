@@ -206,6 +206,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void Close() {
     asio::post(strand_, [self = shared_from_this()] { self->CloseNow(); });
   }
+  // Closes the connection if it waits for a request (not reading one, not answering).
+  void CloseIfIdle() {
+    asio::post(strand_, [self = shared_from_this()] {
+      if (self->idle_) self->CloseNow();
+    });
+  }
   // Only when no io thread runs (after the server's threads were joined): closes the socket and
   // tells a response still in flight that its client is gone (the coroutine that would have
   // noticed never runs again).
@@ -220,6 +226,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   awaitable<bool> Drive(std::shared_ptr<Channel> ch, bool keep_alive);
   awaitable<void> WatchPeer(std::shared_ptr<Channel> ch);
+  awaitable<void> PollPeer(std::shared_ptr<Channel> ch, std::shared_ptr<bool> drive_done);
   bool PeerClosed();
 
   ServerImpl* server_;
@@ -228,6 +235,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer timer_;
   std::shared_ptr<SessionLink> link_;
   std::shared_ptr<Channel> current_;  // the response being driven, if any
+  bool idle_ = true;                  // on the strand: waiting for a request's first byte
 };
 
 void Channel::Wake() {
@@ -309,6 +317,16 @@ class ServerImpl final : public Server {
     for (auto& s : left) s->CloseNow();  // outside mu_: it may run a client-gone callback
   }
 
+  void CloseIdle() override {
+    MutexLock l(mu_);
+    closing_.store(true, std::memory_order_release);
+    for (auto& w : sessions_) {
+      if (auto s = w.lock()) s->CloseIfIdle();
+    }
+  }
+  // Published by CloseIdle (release); sessions read it (acquire) to stop keeping connections alive.
+  bool closing() const { return closing_.load(std::memory_order_acquire); }
+
   int64_t open_connections() const override {
     MutexLock l(mu_);
     return static_cast<int64_t>(sessions_.size());
@@ -362,6 +380,7 @@ class ServerImpl final : public Server {
   std::vector<std::thread> threads_;
   mutable Mutex mu_;
   bool stopped_ KVF_GUARDED_BY(mu_) = false;
+  std::atomic<bool> closing_{false};
   std::vector<std::weak_ptr<Session>> sessions_ KVF_GUARDED_BY(mu_);
 };
 
@@ -390,16 +409,40 @@ awaitable<void> Session::WatchPeer(std::shared_ptr<Channel> ch) {
   }
 }
 
+// The same check every 200 ms. Asio's epoll reactor is edge-triggered and never tries a wait
+// speculatively: a close that arrived before WatchPeer's wait was queued (a client that gives up
+// while a starved server is still reading its request) raises no new edge, and the wait would
+// never complete; the client's request would then run (or wait for remote KV) for nobody.
+awaitable<void> Session::PollPeer(std::shared_ptr<Channel> ch, std::shared_ptr<bool> drive_done) {
+  auto self = shared_from_this();
+  asio::steady_timer tick(strand_);
+  for (;;) {
+    if (*drive_done || ch->finished() || ch->gone() || !stream_.socket().is_open()) co_return;
+    if (PeerClosed()) {
+      ch->MarkGone();
+      timer_.cancel();
+      co_return;
+    }
+    tick.expires_after(std::chrono::milliseconds(200));
+    co_await tick.async_wait(kTuple);
+  }
+}
+
 awaitable<bool> Session::Drive(std::shared_ptr<Channel> ch, bool keep_alive) {
-  // One read watch per response (not one per wait: a stream wakes once per chunk).
+  // One read watch per response (not one per wait: a stream wakes once per chunk), and its
+  // periodic backstop. Both run on this strand; `drive_done` is only touched there.
+  auto drive_done = std::make_shared<bool>(false);
   asio::co_spawn(strand_, WatchPeer(ch), asio::detached);
+  asio::co_spawn(strand_, PollPeer(ch, drive_done), asio::detached);
   struct StopWatch {
     Session* s;
+    std::shared_ptr<bool> done;
     ~StopWatch() {
+      *done = true;
       beast::error_code ec;
       s->stream_.socket().cancel(ec);
     }
-  } stop_watch{this};
+  } stop_watch{this, drive_done};
   std::optional<bhttp::response<bhttp::empty_body>> head;
   for (;;) {
     Event e;
@@ -495,9 +538,20 @@ awaitable<void> Session::Run() {
     // Idle wait for the first byte, then a bound on the whole request.
     stream_.expires_after(o.idle_timeout);
     if (buffer.size() == 0) {
-      auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
-      if (ec || PeerClosed()) break;
+      if (server_->closing()) break;
+      // Bytes (or a close) that came while the last answer was being written raise no new
+      // edge for the wait below (see PollPeer): look first.
+      beast::error_code aec;
+      const bool ready = stream_.socket().available(aec) > 0 || aec || PeerClosed();
+      if (!ready) {
+        idle_ = true;
+        auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, kTuple);
+        idle_ = false;
+        if (ec) break;
+      }
+      if (PeerClosed()) break;
     }
+    idle_ = false;
     stream_.expires_after(o.read_timeout);
     auto [ec, n] = co_await bhttp::async_read(stream_, buffer, parser, kTuple);
     if (ec) {
@@ -538,7 +592,7 @@ awaitable<void> Session::Run() {
     for (const auto& f : msg) req.headers.push_back(MakeHeader(f.name_string(), f.value()));
     req.body = std::move(msg.body());
     req.remote = remote;
-    bool keep_alive = msg.keep_alive();
+    bool keep_alive = msg.keep_alive() && !server_->closing();
     auto ch = std::make_shared<Channel>(link_);
     {
       auto responder = std::make_shared<ResponderImpl>(ch);
@@ -551,7 +605,7 @@ awaitable<void> Session::Run() {
     current_ = ch;
     bool ok = co_await Drive(ch, keep_alive);
     current_.reset();
-    if (!ok || !keep_alive) break;
+    if (!ok || !keep_alive || server_->closing()) break;
   }
   beast::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_send, ec);

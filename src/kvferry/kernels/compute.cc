@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "kvferry/kernels/quant.h"
 #include "kvferry/kernels/gemm_library.h"
 #include "kvferry/kernels/kernel_table.h"
 #include "kvferry/kernels/kernels.h"
@@ -419,11 +420,43 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   if (m <= 0 || outputs.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
   double n = 0, bytes = 0;
+  bool quantized = false;
   for (const auto& o : outputs) {
     n += static_cast<double>(o.w.rows);
-    bytes += static_cast<double>(o.w.rows * o.w.cols) * static_cast<double>(DTypeSize(o.w.dtype));
+    bytes += static_cast<double>(o.w.rows * DTypeRowBytes(o.w.dtype, o.w.cols));
+    quantized |= IsQuantized(o.w.dtype);
   }
   Profile& p = impl_->prof;
+  if (quantized) {  // GGUF weights (quant.h): every output's rows split over the team
+    for (const auto& o : outputs) {
+      const int64_t ldy = o.ldy ? o.ldy : o.w.rows;
+      impl_->ParallelFor(o.w.rows, [&](int64_t begin, int64_t end) {
+        if (begin >= end) return;
+        const int64_t rb = DTypeRowBytes(o.w.dtype, o.w.cols);
+        if (IsQuantized(o.w.dtype)) {
+          QuantMatMulAt(impl_->isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + begin * rb,
+                        end - begin, o.w.cols, x, m, ldx, o.y + begin, ldy);
+        } else {  // a float matrix fused with quantized ones: widen row by row
+          std::vector<float> row(o.w.cols);
+          for (int64_t r = begin; r < end; ++r) {
+            ConvertToF32(static_cast<const char*>(o.w.data) + r * rb, o.w.dtype, o.w.cols, row.data());
+            for (int64_t t = 0; t < m; ++t) {
+              float s = 0;
+              for (int64_t k = 0; k < o.w.cols; ++k) s += row[k] * x[t * ldx + k];
+              o.y[t * ldy + r] = s;
+            }
+          }
+        }
+        if (o.bias != nullptr)
+          for (int64_t t = 0; t < m; ++t)
+            for (int64_t r = begin; r < end; ++r) o.y[t * ldy + r] += o.bias[r];
+      });
+    }
+    (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
+    if (m <= kGemvMaxM) p.gemv_bytes += bytes;
+    else p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    return;
+  }
   if (m <= kGemvMaxM) {
     impl_->GemvPath(x, m, ldx, outputs);
     p.gemv_s += Since(t0);

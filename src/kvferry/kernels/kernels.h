@@ -21,7 +21,13 @@
 namespace kvferry::kernels {
 
 // Element types of weights, activations and the KV cache.
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// kQ8_0.. are ggml's quantized blocks (quant.h), only ever a weight Matrix's dtype: MatMul takes
+// them, nothing else does.
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8_0 = 3, kQ4_0 = 4, kQ4_K = 5, kQ6_K = 6 };
+inline bool IsQuantized(DType dtype) { return dtype >= DType::kQ8_0; }
+// Bytes of a row of `cols` elements (quantized: whole blocks; cols a multiple of the block).
+int64_t DTypeRowBytes(DType dtype, int64_t cols);
+// Bytes per element; for quantized types 2 (an alignment only: use DTypeRowBytes for sizes).
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);  // "f32", "f16", "bf16"
 // Parses "f32"/"float32", "f16"/"float16", "bf16"/"bfloat16".

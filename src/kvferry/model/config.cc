@@ -263,6 +263,8 @@ void RopeFrequencies(const ModelConfig& c, std::vector<float>* inv_freq_out, flo
       break;
     }
   }
+  if (static_cast<int64_t>(c.rope_freq_factors.size()) == half)
+    for (int64_t i = 0; i < half; ++i) inv[i] /= c.rope_freq_factors[i];
   inv_freq_out->resize(half);
   for (int64_t i = 0; i < half; ++i) (*inv_freq_out)[i] = static_cast<float>(inv[i]);
   *attn_factor = static_cast<float>(factor_out);

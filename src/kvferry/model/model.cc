@@ -10,6 +10,8 @@
 
 #include "kvferry/model/model.h"
 #include "kvferry/model/progress.h"
+#include "kvferry/kernels/quant.h"
+#include "kvferry/model/gguf_model.h"
 #include "kvferry/model/weights.h"
 
 namespace kvferry::model {
@@ -103,7 +105,7 @@ Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& d
   } else {
     KVF_ASSIGN_OR_RETURN(lm_head, GetMatrix("lm_head.weight", c.vocab_size, H, &regions, &sizes));
   }
-  decode_bytes = static_cast<uint64_t>(lm_head.rows * lm_head.cols) * kernels::DTypeSize(lm_head.dtype);
+  decode_bytes = static_cast<uint64_t>(lm_head.rows * kernels::DTypeRowBytes(lm_head.dtype, lm_head.cols));
   layers.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -130,7 +132,7 @@ Status Model::Impl::LoadTensors(const LoadOptions& options, const std::string& d
     KVF_ASSIGN_OR_RETURN(L.input_norm, GetVector(p + "input_layernorm.weight", H));
     KVF_ASSIGN_OR_RETURN(L.post_norm, GetVector(p + "post_attention_layernorm.weight", H));
     for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-      decode_bytes += static_cast<uint64_t>(m->rows * m->cols) * kernels::DTypeSize(m->dtype);
+      decode_bytes += static_cast<uint64_t>(m->rows * kernels::DTypeRowBytes(m->dtype, m->cols));
   }
   if (options.prefault && !weights->in_memory()) {
     uint64_t total = 0, done = 0;
@@ -154,11 +156,15 @@ Model::~Model() = default;
 
 StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
   auto impl = std::make_unique<Impl>();
-  const std::string config_path = dir + "/config.json";
-  KVF_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
-  auto config = ParseModelConfig(text);
-  if (!config.ok()) return config.status().WithContext(config_path);
-  impl->config = *config;
+  if (IsGgufFile(dir)) {  // a GGUF file where a directory goes (gguf_model.cc)
+    KVF_ASSIGN_OR_RETURN(impl->config, ReadGgufConfig(dir));
+  } else {
+    const std::string config_path = dir + "/config.json";
+    KVF_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+    auto config = ParseModelConfig(text);
+    if (!config.ok()) return config.status().WithContext(config_path);
+    impl->config = *config;
+  }
   bool in_memory = options.weights_in_memory;
   if (const char* e = std::getenv("KVFERRY_WEIGHTS"); e != nullptr && *e != '\0') {
     const std::string v = e;
@@ -168,7 +174,8 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadO
       return InvalidArgumentError("KVFERRY_WEIGHTS='" + v + "': want 'memory' (the default) or 'mmap'");
     }
   }
-  auto weights = WeightFiles::Open(dir, in_memory, options.show_progress);
+  auto weights = IsGgufFile(dir) ? WeightFiles::OpenGguf(dir, impl->config, in_memory, options.show_progress)
+                                 : WeightFiles::Open(dir, in_memory, options.show_progress);
   if (!weights.ok()) return weights.status();
   impl->weights = std::move(*weights);
   Status st = impl->LoadTensors(options, dir);
@@ -276,10 +283,15 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
     }
   }
   kernels::Compute& cp = *m.compute;
-  const size_t eb = kernels::DTypeSize(m.embed.dtype);
+  const int64_t erb = kernels::DTypeRowBytes(m.embed.dtype, H);
   cp.ParallelFor(T, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      kernels::ConvertToF32(static_cast<const char*>(m.embed.data) + m.tok[t] * H * eb, m.embed.dtype, H, &m.x[t * H]);
+      const char* erow = static_cast<const char*>(m.embed.data) + m.tok[t] * erb;
+      if (kernels::IsQuantized(m.embed.dtype)) {  // GGUF
+        kernels::DequantizeRow(kernels::QuantTypeOf(m.embed.dtype), erow, H, &m.x[t * H]);
+      } else {
+        kernels::ConvertToF32(erow, m.embed.dtype, H, &m.x[t * H]);
+      }
       const float p = static_cast<float>(m.pos[t]);
       for (int64_t i = 0; i < half; ++i) {
         const float angle = p * m.inv_freq[i];  // float32, as HF computes it

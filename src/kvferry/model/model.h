@@ -67,6 +67,9 @@ struct ModelConfig {
   DType torch_dtype = DType::kBF16;
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
+  // GGUF files (llama.cpp's rope_freqs.weight): inv_freq[i] is divided by factor i, after
+  // rope_scaling. Empty: none.
+  std::vector<float> rope_freq_factors;
 };
 
 // Parses config.json text. Unknown architectures and unsupported features (sliding window,
@@ -156,7 +159,8 @@ struct LoadOptions {
 
 class Model {
  public:
-  // Loads `dir`: config.json, then model.safetensors or model.safetensors.index.json + shards.
+  // Loads `dir`: config.json, then model.safetensors or model.safetensors.index.json + shards;
+  // or, when `dir` is a GGUF file, the config and weights from it (gguf_model.cc).
   // Errors name the file and tensor (missing tensor, wrong shape or dtype, truncated file).
   static StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOptions& options);
   ~Model();
@@ -231,5 +235,32 @@ struct MakeTinyOptions {
 // O(1), attention is spread over the context and logits are spread out (std ~2): greedy output
 // depends on the whole prompt, which makes the model a sharp test of the forward pass.
 Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& options);
+
+// --- GGUF files ----------------------------------------------------------------------------
+
+// Weight types of a GGUF file written by ConvertToGguf. Matrices take the type; norms, biases
+// and rope_freqs stay f32. kQ4_0 stores the output projection as Q6_K; kQ4_K_M mixes Q4_K with
+// Q6_K for the output projection and for attn_v / ffn_down of llama-quantize's "more bits"
+// layers. K-quant matrices whose rows are not a multiple of 256 are stored as Q8_0.
+enum class GgufFileType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K_M };
+const char* GgufFileTypeName(GgufFileType type);  // "f32", ..., "q4_k_m"
+StatusOr<GgufFileType> ParseGgufFileType(std::string_view name);
+
+struct GgufConvertOptions {
+  GgufFileType type = GgufFileType::kF32;
+};
+
+// Converts the HF model directory `dir` (config.json, safetensors, tokenizer.json and
+// tokenizer_config.json with a byte-level BPE tokenizer) into the GGUF file `path` with
+// llama.cpp's tensor names and conventions: the Q/K row permutation of llama, tied output
+// weights (no output.weight), llama3 RoPE scaling as rope_freqs.weight, and the tokenizer and
+// chat template as `tokenizer.ggml.*` / `tokenizer.chat_template` metadata.
+Status ConvertToGguf(const std::string& dir, const std::string& path, const GgufConvertOptions& options);
+
+// Whether `path` names a GGUF file (a regular file starting with the GGUF magic): Model::Load
+// and the tokenizer take such a path where a model directory goes.
+bool IsGgufFile(const std::string& path);
+// The config of the GGUF model file at `path`, from its metadata, as Model::Load reads it.
+StatusOr<ModelConfig> ReadGgufConfig(const std::string& path);
 
 }  // namespace kvferry::model

@@ -218,7 +218,7 @@ StatusOr<TensorView> WeightFiles::Get(const std::string& name, const std::vector
     return InvalidArgumentError(file + ": tensor '" + name + "' has shape " + ShapeString(e.info.shape) + ", want " +
                                 ShapeString(shape));
   TensorView v;
-  v.data = files_[e.file]->data() + e.info.begin;
+  v.data = e.owned != nullptr ? e.owned : files_[e.file]->data() + e.info.begin;
   v.dtype = e.info.dtype;
   v.shape = shape;
   v.bytes = e.info.end - e.info.begin;

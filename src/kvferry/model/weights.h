@@ -11,6 +11,7 @@
 
 #include "kvferry/base/base.h"
 #include "kvferry/kernels/kernels.h"
+#include "kvferry/model/model.h"
 #include "kvferry/model/safetensors.h"
 
 namespace kvferry::model {
@@ -62,6 +63,10 @@ class WeightFiles {
   // With in_memory, the files are read into huge-page memory (a progress line on a terminal).
   static StatusOr<std::unique_ptr<WeightFiles>> Open(const std::string& dir, bool in_memory = true,
                                                      bool show_progress = false);
+  // Opens a GGUF file for `config` (from ModelConfigFromGguf) and names its tensors like HF
+  // does (gguf_model.cc); llama's permuted Q/K rows are restored into owned copies.
+  static StatusOr<std::unique_ptr<WeightFiles>> OpenGguf(const std::string& path, const ModelConfig& config,
+                                                         bool in_memory = true, bool show_progress = false);
   // Total bytes of the files, and how many of them sit in 2 MiB pages.
   uint64_t total_bytes() const;
   uint64_t huge_page_bytes() const;
@@ -77,7 +82,9 @@ class WeightFiles {
   struct Entry {
     size_t file;
     TensorInfo info;
+    const char* owned = nullptr;  // data in owned_ rather than in the file (GGUF Q/K of llama)
   };
+  std::vector<std::unique_ptr<char[]>> owned_;
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::vector<std::string> file_names_;
   std::map<std::string, Entry> index_;

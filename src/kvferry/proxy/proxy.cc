@@ -321,7 +321,7 @@ class ProxyImpl final : public Proxy {
 
  private:
   void Handle(http::Request req, std::shared_ptr<http::Responder> r) {
-    if (req.path == "/v1/completions" || req.path == "/v1/chat/completions") {
+    if (req.path == "/v1/completions" || req.path == "/v1/chat/completions" || req.path == "/v1/responses") {
       if (req.method != "POST") {
         r->Respond(405, "application/json", ErrorJson(405, fmt::format("{} needs POST", req.path)), {{"Allow", "POST"}});
         return;
@@ -391,6 +391,7 @@ class ProxyImpl final : public Proxy {
     lp.bootstrap_addr = p->instance->bootstrap_url;
     lp.engine_id = p->engine_id;
     lp.dp_rank = p->dp_rank;
+    lp.responses = req.path == "/v1/responses";
     auto legs = RewriteRequest(req.body, lp);
     if (!legs.ok()) return fail(400, legs.status().message());
 

@@ -32,6 +32,7 @@ StatusOr<Legs> RewriteRequest(std::string_view body, const LegParams& p) {
 
   json pre = req;
   pre["max_tokens"] = 1;
+  if (p.responses) pre["max_output_tokens"] = 1;
   if (pre.contains("max_completion_tokens")) pre["max_completion_tokens"] = 1;
   pre["stream"] = false;
   pre.erase("stream_options");

@@ -18,6 +18,7 @@ struct LegParams {
   std::string bootstrap_addr;  // "http://HOST:BOOTSTRAP_PORT"
   std::string engine_id;       // of the chosen dp rank
   int64_t dp_rank = 0;
+  bool responses = false;  // POST /v1/responses: the prefill leg also caps max_output_tokens
 };
 
 struct Legs {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <set>
 #include <nlohmann/json.hpp>
 
 namespace kvferry::server {
@@ -20,6 +21,7 @@ class Parser {
     return InvalidArgumentError(std::move(msg));
   }
   const json* Get(const char* key) const {
+    seen_.insert(key);
     auto it = j_.find(key);
     return it == j_.end() || it->is_null() ? nullptr : &*it;
   }
@@ -64,9 +66,18 @@ class Parser {
     return Status::Ok();
   }
 
+  // Top-level keys of the body nothing looked at (ignored, as vLLM does), sorted.
+  std::vector<std::string> Unread() const {
+    std::vector<std::string> out;
+    for (auto it = j_.begin(); it != j_.end(); ++it)
+      if (seen_.count(it.key()) == 0) out.push_back(it.key());
+    return out;
+  }
+
  private:
   const json& j_;
   std::string* param_;
+  mutable std::set<std::string, std::less<>> seen_;
 };
 
 Status TokenIds(Parser& p, const json& v, const std::string& field, std::vector<int32_t>* out) {
@@ -174,11 +185,106 @@ Status ParseKvTransferParams(Parser& p, const json* v, KvTransferParams* kv) {
 
 }  // namespace
 
+namespace {
+
+// The text of a Responses API content: a string, or a list of input_text / output_text parts.
+Status ResponsesText(Parser& p, const json& content, const std::string& field, std::string* out) {
+  if (content.is_string()) {
+    *out = content.get<std::string>();
+    return Status::Ok();
+  }
+  if (!content.is_array()) return p.Fail(field, fmt::format("'{}' must be a string or a list of parts", field));
+  for (size_t i = 0; i < content.size(); ++i) {
+    const json& part = content[i];
+    const std::string f = fmt::format("{}[{}]", field, i);
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+      return p.Fail(f, fmt::format("'{}' must be an object with a type", f));
+    const std::string type = part["type"].get<std::string>();
+    if (type != "input_text" && type != "output_text" && type != "text")
+      return p.Fail(f, fmt::format("'{}' is a '{}' part; only text parts are supported", f, type));
+    if (!part.contains("text") || !part["text"].is_string())
+      return p.Fail(f, fmt::format("'{}' has no text", f));
+    *out += part["text"].get<std::string>();
+  }
+  return Status::Ok();
+}
+
+// A /v1/responses body as the equivalent chat completions body (same sampling fields).
+StatusOr<json> ResponsesAsChat(const json& j, std::string* param, std::string* instructions) {
+  Parser p(j, param);
+  json chat = json::object();
+  json messages = json::array();
+  if (const json* ins = p.Get("instructions")) {
+    if (!ins->is_string()) return p.Fail("instructions", "'instructions' must be a string");
+    *instructions = ins->get<std::string>();
+    if (!instructions->empty()) messages.push_back({{"role", "system"}, {"content", *instructions}});
+  }
+  const json* input = p.Get("input");
+  if (input == nullptr) return p.Fail("input", "'input' is required");
+  if (input->is_string()) {
+    messages.push_back({{"role", "user"}, {"content", input->get<std::string>()}});
+  } else if (input->is_array() && !input->empty()) {
+    for (size_t i = 0; i < input->size(); ++i) {
+      const json& item = (*input)[i];
+      const std::string f = fmt::format("input[{}]", i);
+      if (!item.is_object()) return p.Fail(f, fmt::format("'{}' must be an object", f));
+      if (item.contains("type") && !(item["type"].is_string() && item["type"] == "message"))
+        return p.Fail(f + ".type", fmt::format("'{}.type' must be \"message\"; other input items are not supported", f));
+      if (!item.contains("role") || !item["role"].is_string())
+        return p.Fail(f + ".role", fmt::format("'{}.role' must be a string", f));
+      const std::string role = item["role"].get<std::string>();
+      if (role != "user" && role != "assistant" && role != "system" && role != "developer")
+        return p.Fail(f + ".role", fmt::format("'{}.role' '{}' is not user, assistant, system or developer", f, role));
+      std::string text;
+      if (!item.contains("content")) return p.Fail(f + ".content", fmt::format("'{}.content' is required", f));
+      KVF_RETURN_IF_ERROR(ResponsesText(p, item["content"], f + ".content", &text));
+      messages.push_back({{"role", role == "developer" ? "system" : role}, {"content", text}});
+    }
+  } else {
+    return p.Fail("input", "'input' must be a string or a non-empty list of messages");
+  }
+  chat["messages"] = std::move(messages);
+  // max_output_tokens is the Responses name; a router's prefill leg may cap max_tokens instead.
+  int64_t cap = 0;
+  bool have_cap = false, have_max = false;
+  int64_t max = 0;
+  KVF_RETURN_IF_ERROR(p.Int("max_output_tokens", &cap, 1, INT32_MAX, &have_cap));
+  KVF_RETURN_IF_ERROR(p.Int("max_tokens", &max, 1, INT32_MAX, &have_max));
+  if (have_cap || have_max) chat["max_tokens"] = have_cap && have_max ? std::min(cap, max) : have_cap ? cap : max;
+  for (const char* k : {"model", "stream", "temperature", "top_p", "seed", "kv_transfer_params", "min_tokens",
+                        "top_k", "ignore_eos", "stop", "presence_penalty", "frequency_penalty"})
+    if (const json* v = p.Get(k)) chat[k] = *v;
+  // Accepted and without effect here (no stored responses, no tools).
+  for (const char* k : {"store", "metadata", "user", "parallel_tool_calls", "tool_choice", "truncation", "text",
+                        "reasoning", "service_tier", "background", "include"})
+    (void)p.Get(k);
+  if (const json* t = p.Get("tools"); t && !(t->is_array() && t->empty()))
+    return p.Fail("tools", "'tools' are not supported on /v1/responses");
+  if (p.Get("previous_response_id"))
+    return p.Fail("previous_response_id", "'previous_response_id' is not supported (responses are not stored)");
+  std::vector<std::string> unread = p.Unread();
+  chat["__ignored"] = unread;
+  return chat;
+}
+
+}  // namespace
+
 StatusOr<GenerateRequest> ParseGenerateRequest(std::string_view body, GenerateRequest::Kind kind, std::string* param) {
   if (param) param->clear();
   json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return InvalidArgumentError("the request body is not valid JSON");
   if (!j.is_object()) return InvalidArgumentError("the request body must be a JSON object");
+  if (kind == GenerateRequest::Kind::kResponses) {
+    std::string instructions;
+    KVF_ASSIGN_OR_RETURN(json chat, ResponsesAsChat(j, param, &instructions));
+    std::vector<std::string> ignored = chat["__ignored"].get<std::vector<std::string>>();
+    chat.erase("__ignored");
+    KVF_ASSIGN_OR_RETURN(GenerateRequest r, ParseGenerateRequest(chat.dump(), GenerateRequest::Kind::kChat, param));
+    r.kind = kind;
+    r.instructions = std::move(instructions);
+    r.ignored_fields = std::move(ignored);
+    return r;
+  }
   Parser p(j, param);
   GenerateRequest r;
   r.kind = kind;
@@ -215,7 +321,7 @@ StatusOr<GenerateRequest> ParseGenerateRequest(std::string_view body, GenerateRe
     int64_t top = 0;
     bool top_present = false;
     KVF_RETURN_IF_ERROR(p.Int("top_logprobs", &top, 0, kMaxLogprobs, &top_present));
-    if (top_present && !lp) return p.Fail("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (top_present && top > 0 && !lp) return p.Fail("top_logprobs", "'top_logprobs' needs 'logprobs': true");
     r.logprobs = lp ? static_cast<int>(top) : -1;
   }
   KVF_RETURN_IF_ERROR(p.Bool("stream", &r.stream));
@@ -273,14 +379,38 @@ StatusOr<GenerateRequest> ParseGenerateRequest(std::string_view body, GenerateRe
   int64_t min_tokens = 0;
   KVF_RETURN_IF_ERROR(p.Int("min_tokens", &min_tokens, 0, INT32_MAX));
   r.min_tokens = static_cast<int>(min_tokens);
-  if (r.max_tokens && r.min_tokens > *r.max_tokens) {
+  const json* kvp = p.Get("kv_transfer_params");
+  const bool prefill_leg = kvp != nullptr && kvp->is_object() && kvp->contains("do_remote_decode") &&
+                           (*kvp)["do_remote_decode"].is_boolean() && (*kvp)["do_remote_decode"].get<bool>();
+  if (r.max_tokens && r.min_tokens > *r.max_tokens && !prefill_leg) {
     return p.Fail("min_tokens", "'min_tokens' must not exceed 'max_tokens'");
   }
   KVF_RETURN_IF_ERROR(p.Bool("include_stop_str_in_output", &r.include_stop_str_in_output));
   KVF_RETURN_IF_ERROR(p.Bool("skip_special_tokens", &r.skip_special_tokens));
   KVF_RETURN_IF_ERROR(p.Bool("return_token_ids", &r.return_token_ids));
   KVF_RETURN_IF_ERROR(ParseKvTransferParams(p, p.Get("kv_transfer_params"), &r.kv));
+  if (r.kv.do_remote_decode && r.max_tokens && r.min_tokens > *r.max_tokens) {
+    // A router's prefill leg caps max_tokens at 1 and may keep the client's min_tokens.
+    r.min_tokens = static_cast<int>(*r.max_tokens);
+  }
+  // Names vLLM or SGLang clients send that have no effect here are ignored like any other.
+  for (const char* k : {"user", "logit_bias", "parallel_tool_calls", "tool_choice", "response_format", "metadata",
+                        "store", "service_tier", "priority", "request_id"})
+    (void)p.Get(k);
+  r.ignored_fields = p.Unread();
   return r;
+}
+
+KvTransferParams PeekKvTransferParams(std::string_view body) {
+  KvTransferParams kv;
+  json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return kv;
+  Parser p(j, nullptr);
+  if (!ParseKvTransferParams(p, p.Get("kv_transfer_params"), &kv).ok()) {
+    // Only the leg and its transfer_id matter to a refusal.
+    kv.present = kv.present && !kv.transfer_id.empty() && kv.do_remote_decode != kv.do_remote_prefill;
+  }
+  return kv;
 }
 
 int HttpStatusFor(const Status& s) {

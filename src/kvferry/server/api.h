@@ -26,7 +26,9 @@ struct KvTransferParams {
 };
 
 struct GenerateRequest {
-  enum class Kind { kCompletion, kChat };
+  // kResponses: POST /v1/responses (OpenAI Responses API), turned into a chat request: `input`
+  // (text, or message items) after `instructions` (a system message); max_output_tokens.
+  enum class Kind { kCompletion, kChat, kResponses };
   Kind kind = Kind::kCompletion;
   std::string model;  // empty: the served model
   // kCompletion: exactly one of these.
@@ -62,6 +64,10 @@ struct GenerateRequest {
   // -1 = no logprobs.
   int logprobs = -1;
   KvTransferParams kv;
+  // kResponses: echoed in the response object.
+  std::string instructions;
+  // Top-level fields of the body this server does not use (ignored, as vLLM does).
+  std::vector<std::string> ignored_fields;
 };
 
 inline constexpr int kMaxLogprobs = 20;
@@ -70,6 +76,11 @@ inline constexpr int kMaxLogprobs = 20;
 // `*param` (if given) names the offending field ("temperature", "messages[2].role").
 StatusOr<GenerateRequest> ParseGenerateRequest(std::string_view body, GenerateRequest::Kind kind,
                                                std::string* param = nullptr);
+
+// The kv_transfer_params of a body that may not parse as a request (best effort: `present`
+// only when the leg and transfer_id could be read), so a refusal can still be told to the
+// connector.
+KvTransferParams PeekKvTransferParams(std::string_view body);
 
 // The one Status → HTTP mapping: InvalidArgument/OutOfRange/FailedPrecondition 400,
 // Unauthenticated 401, PermissionDenied 403, NotFound 404, AlreadyExists 409,

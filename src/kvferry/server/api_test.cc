@@ -135,6 +135,74 @@ TEST(ApiTest, KvTransferParamsOfBothLegs) {
   EXPECT_EQ(*d->kv.remote_dp_rank, 0);
 }
 
+// What vllm-router's typed re-serialization adds to every body, and llm-d's prefill leg.
+TEST(ApiTest, RouterBodiesParseAndNameTheIgnoredFields) {
+  auto chat = ParseGenerateRequest(
+      R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false,"logprobs":false,
+          "ignore_eos":false,"no_stop_trim":false,"skip_special_tokens":true,"add_generation_prompt":true,
+          "continue_final_message":false,"separate_reasoning":true,"stream_reasoning":true,
+          "include_reasoning":true,"return_hidden_states":false,"top_logprobs":0,"user":"u"})",
+      Kind::kChat);
+  ASSERT_TRUE(chat.ok()) << chat.status().ToString();
+  EXPECT_EQ(chat->ignored_fields, (std::vector<std::string>{"include_reasoning", "no_stop_trim",
+                                                           "return_hidden_states", "separate_reasoning",
+                                                           "stream_reasoning"}));
+  auto cmpl = ParseGenerateRequest(
+      R"({"prompt":"x","stream":false,"echo":false,"ignore_eos":false,"no_stop_trim":false,
+          "skip_special_tokens":true,"return_hidden_states":false})",
+      Kind::kCompletion);
+  ASSERT_TRUE(cmpl.ok()) << cmpl.status().ToString();
+  EXPECT_EQ(cmpl->ignored_fields, (std::vector<std::string>{"no_stop_trim", "return_hidden_states"}));
+  // llm-d caps max_tokens at 1 on the prefill leg and keeps the client's min_tokens.
+  auto pleg = ParseGenerateRequest(
+      R"({"prompt":"x","max_tokens":1,"min_tokens":4,
+          "kv_transfer_params":{"do_remote_decode":true,"do_remote_prefill":false,"transfer_id":"t"}})",
+      Kind::kCompletion);
+  ASSERT_TRUE(pleg.ok()) << pleg.status().ToString();
+  EXPECT_EQ(pleg->min_tokens, 1);
+  EXPECT_FALSE(ParseGenerateRequest(R"({"prompt":"x","max_tokens":1,"min_tokens":4})", Kind::kCompletion).ok());
+}
+
+TEST(ApiTest, PeekKvTransferParamsOfABadBody) {
+  KvTransferParams kv = PeekKvTransferParams(
+      R"({"prompt":"x","temperature":-1,"kv_transfer_params":{"do_remote_decode":true,"transfer_id":"xfer-1"}})");
+  EXPECT_TRUE(kv.present);
+  EXPECT_TRUE(kv.do_remote_decode);
+  EXPECT_EQ(kv.transfer_id, "xfer-1");
+  EXPECT_FALSE(PeekKvTransferParams("not json").present);
+  EXPECT_FALSE(PeekKvTransferParams(R"({"kv_transfer_params":{"do_remote_decode":true}})").present);
+}
+
+TEST(ApiTest, ResponsesBecomeChat) {
+  auto r = ParseGenerateRequest(
+      R"({"model":"m","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"a"},
+          {"type":"input_text","text":"b"}]},{"type":"message","role":"assistant","content":"c"}],
+          "max_output_tokens":9,"max_tokens":3,"temperature":0.2,"stream":true,"store":false,"truncation":"disabled"})",
+      Kind::kResponses);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->kind, Kind::kResponses);
+  EXPECT_EQ(r->instructions, "be brief");
+  EXPECT_EQ(nlohmann::json::parse(r->messages_json),
+            nlohmann::json::parse(R"([{"role":"system","content":"be brief"},{"role":"user","content":"ab"},
+                                      {"role":"assistant","content":"c"}])"));
+  EXPECT_EQ(*r->max_tokens, 3);  // the smaller of max_output_tokens and a router's max_tokens
+  EXPECT_DOUBLE_EQ(r->temperature, 0.2);
+  EXPECT_TRUE(r->stream);
+  EXPECT_TRUE(r->ignored_fields.empty());
+  auto text = ParseGenerateRequest(R"({"input":"hello"})", Kind::kResponses);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(nlohmann::json::parse(text->messages_json), nlohmann::json::parse(R"([{"role":"user","content":"hello"}])"));
+  EXPECT_FALSE(text->max_tokens.has_value());
+  std::string param;
+  EXPECT_FALSE(ParseGenerateRequest(R"({})", Kind::kResponses, &param).ok());
+  EXPECT_EQ(param, "input");
+  EXPECT_FALSE(ParseGenerateRequest(R"({"input":[{"type":"function_call_output","output":"x"}]})", Kind::kResponses,
+                                    &param).ok());
+  EXPECT_EQ(param, "input[0].type");
+  EXPECT_FALSE(ParseGenerateRequest(R"({"input":"x","tools":[{"type":"function"}]})", Kind::kResponses).ok());
+  EXPECT_FALSE(ParseGenerateRequest(R"({"input":"x","max_output_tokens":0})", Kind::kResponses).ok());
+}
+
 TEST(ApiTest, ErrorMappingAndJson) {
   EXPECT_EQ(HttpStatusFor(InvalidArgumentError("x")), 400);
   EXPECT_EQ(HttpStatusFor(NotFoundError("x")), 404);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -76,10 +77,12 @@ void FrontendImpl::Handle(http::Request req, std::shared_ptr<http::Responder> re
       return;
     }
   }
-  if (path == "/v1/completions" || path == "/v1/chat/completions") {
+  if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/responses") {
     if (!is_post) return method_not_allowed();
     HandleGenerate(shared_, req, std::move(resp),
-                   path == "/v1/completions" ? GenerateRequest::Kind::kCompletion : GenerateRequest::Kind::kChat,
+                   path == "/v1/completions"        ? GenerateRequest::Kind::kCompletion
+                   : path == "/v1/chat/completions" ? GenerateRequest::Kind::kChat
+                                                    : GenerateRequest::Kind::kResponses,
                    std::move(headers));
   } else if (path == "/v1/models") {
     if (!is_get) return method_not_allowed();
@@ -125,15 +128,50 @@ void FrontendImpl::Health(http::Responder& r, std::vector<http::Header> h) {
     draining = shared_->draining;
   }
   if (draining) return RespondError(r, 503, "the server is shutting down", "", std::move(h));
-  if (shared_->o.connector != nullptr && !shared_->o.connector->Ready()) {
-    return RespondError(r, 503, "the KV connector is not ready yet", "", std::move(h));
+  for (size_t i = 0; i < shared_->num_ranks(); ++i) {
+    const connector::Connector* c = shared_->o.ranks[i].connector;
+    if (c != nullptr && !c->Ready()) {
+      return RespondError(r, 503,
+                          shared_->num_ranks() == 1 ? std::string("the KV connector is not ready yet")
+                                                    : fmt::format("the KV connector of data-parallel rank {} is not "
+                                                                  "ready yet",
+                                                                  i),
+                          "", std::move(h));
+    }
+  }
+  // The embedded bootstrap server must list every rank (a rank's worker is registered).
+  for (const FrontendOptions::Rank& rk : shared_->o.ranks) {
+    if (rk.connector == nullptr || shared_->num_ranks() == 1) continue;
+    if (std::optional<connector::BootstrapMap> m = rk.connector->BootstrapSnapshot()) {
+      if (m->size() < shared_->num_ranks())
+        return RespondError(r, 503, fmt::format("{} of {} data-parallel ranks registered with the bootstrap server",
+                                                m->size(), shared_->num_ranks()),
+                            "", std::move(h));
+    }
   }
   r.Respond(200, "text/plain", "", std::move(h));
 }
 
 void FrontendImpl::Metrics(http::Responder& r, std::vector<http::Header> h) {
-  std::string text = shared_->metrics.Render(shared_->o.engine->GetStats());
-  if (shared_->o.connector != nullptr) text += shared_->o.connector->MetricsText();
+  std::string text;
+  if (shared_->num_ranks() == 1) {
+    text = shared_->metrics.Render(shared_->o.engine->GetStats());
+    if (shared_->o.connector != nullptr) text += shared_->o.connector->MetricsText();
+  } else {
+    // Per rank (label engine="i") and in total (no engine label), one group per family.
+    std::vector<std::pair<std::string, std::string>> pages;
+    engine::EngineStats total;
+    for (size_t i = 0; i < shared_->num_ranks(); ++i) {
+      const FrontendOptions::Rank& rk = shared_->o.ranks[i];
+      const engine::EngineStats st = rk.engine->GetStats();
+      AddEngineStats(st, &total);
+      std::string page = shared_->rank_metrics[i]->Render(st);
+      if (rk.connector != nullptr) page += rk.connector->MetricsText();
+      pages.emplace_back(std::to_string(i), std::move(page));
+    }
+    pages.emplace_back("", shared_->metrics.Render(total));
+    text = MergeExpositions(pages, "engine");
+  }
   r.Respond(200, "text/plain; version=0.0.4; charset=utf-8", std::move(text), std::move(h));
 }
 
@@ -239,6 +277,55 @@ Status FrontendImpl::Drain(const Deadline& deadline) {
 
 }  // namespace
 
+namespace {
+FrontendOptions WithRanks(FrontendOptions o) {
+  if (o.ranks.empty()) o.ranks.push_back({o.engine, o.connector});
+  o.engine = o.ranks[0].engine;
+  o.connector = o.ranks[0].connector;
+  return o;
+}
+}  // namespace
+
+Shared::Shared(const FrontendOptions& options)
+    : o(WithRanks(options)), metrics(options.served_model_names.front()), rng(std::random_device{}()) {
+  if (o.ranks.size() > 1) {
+    for (size_t i = 0; i < o.ranks.size(); ++i)
+      rank_metrics.push_back(std::make_unique<ServerMetrics>(o.served_model_names.front()));
+  }
+  MutexLock l(mu);
+  rank_load.assign(o.ranks.size(), 0);
+}
+
+StatusOr<int> Shared::PickRank(const http::Request& request, bool prefill_leg) {
+  const int n = static_cast<int>(o.ranks.size());
+  if (const std::string* h = request.Find("X-data-parallel-rank")) {
+    if (n == 1) {
+      // One data-parallel rank: any value is accepted (routers send "0" or their own rank).
+      KVF_LOG_DEBUG("serve: X-data-parallel-rank {} on {}", *h, request.path);
+      return 0;
+    }
+    int64_t r = -1;
+    const char* b = h->data();
+    const char* e = b + h->size();
+    auto [end, ec] = std::from_chars(b, e, r);
+    if (ec != std::errc() || end != e || r < 0 || r >= n) {
+      return InvalidArgumentError(fmt::format("X-data-parallel-rank '{}' is not a data-parallel rank of this server "
+                                              "(ranks 0..{})",
+                                              h->substr(0, 32), n - 1));
+    }
+    return static_cast<int>(r);
+  }
+  if (n == 1 || prefill_leg) return 0;
+  MutexLock l(mu);
+  int best = -1;
+  for (int k = 0; k < n; ++k) {
+    const int i = static_cast<int>((rank_turn + static_cast<uint64_t>(k)) % static_cast<uint64_t>(n));
+    if (best < 0 || rank_load[i] < rank_load[best]) best = i;
+  }
+  ++rank_turn;
+  return best;
+}
+
 std::string Shared::NewId(const char* prefix) {
   uint64_t a, b;
   {
@@ -249,13 +336,31 @@ std::string Shared::NewId(const char* prefix) {
   return fmt::format("{}{:016x}{:016x}", prefix, a, b);
 }
 
+void Shared::WarnIgnoredFields(const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  constexpr size_t kMaxWarned = 1024;  // a client inventing names cannot grow this without bound
+  std::vector<std::string> fresh;
+  {
+    MutexLock l(warned_mu);
+    for (const std::string& n : names) {
+      if (warned.size() >= kMaxWarned || warned.count(n) != 0) continue;
+      warned.insert(n);
+      fresh.push_back(n);
+    }
+  }
+  for (const std::string& n : fresh)
+    KVF_LOG_WARN("serve: the request field '{}' is not supported and is ignored (warned once per field)", n.substr(0, 64));
+}
+
 void RespondError(http::Responder& r, int status, std::string_view message, std::string_view param,
                   std::vector<http::Header> headers) {
   r.Respond(status, "application/json", ErrorJson(status, message, param), std::move(headers));
 }
 
 StatusOr<std::unique_ptr<Frontend>> Frontend::Create(const FrontendOptions& o) {
-  if (o.engine == nullptr) return InvalidArgumentError("FrontendOptions.engine is required");
+  if (o.ranks.empty() && o.engine == nullptr) return InvalidArgumentError("FrontendOptions.engine is required");
+  for (const FrontendOptions::Rank& r : o.ranks)
+    if (r.engine == nullptr) return InvalidArgumentError("FrontendOptions.ranks: every rank needs an engine");
   if (o.tokenizer == nullptr) return InvalidArgumentError("FrontendOptions.tokenizer is required");
   if (o.served_model_names.empty() || o.served_model_names.front().empty())
     return InvalidArgumentError("FrontendOptions.served_model_names needs at least one name");

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <map>
+#include <string_view>
+
 namespace kvferry::server {
 namespace {
 
@@ -118,6 +121,84 @@ std::string ServerMetrics::Render(const engine::EngineStats& s) const {
   itl_.Render("vllm:inter_token_latency_seconds", "Time between consecutive outputs of one request.", L, &out);
   e2e_.Render("vllm:e2e_request_latency_seconds", "Request latency from arrival to the last token.", L, &out);
   return out;
+}
+
+void AddEngineStats(const engine::EngineStats& s, engine::EngineStats* t) {
+  t->num_running += s.num_running;
+  t->num_waiting += s.num_waiting;
+  t->num_waiting_remote += s.num_waiting_remote;
+  t->blocks_total += s.blocks_total;
+  t->blocks_used += s.blocks_used;
+  t->blocks_held += s.blocks_held;
+  t->prefix_cache_queries += s.prefix_cache_queries;
+  t->prefix_cache_hits += s.prefix_cache_hits;
+  t->prompt_tokens_total += s.prompt_tokens_total;
+  t->generation_tokens_total += s.generation_tokens_total;
+  t->preemptions_total += s.preemptions_total;
+  t->requests_finished_total += s.requests_finished_total;
+  t->steps_total += s.steps_total;
+}
+
+std::string MergeExpositions(const std::vector<std::pair<std::string, std::string>>& pages, const std::string& label) {
+  struct Fam {
+    std::string header;  // HELP and TYPE lines
+    std::string samples;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, Fam> fams;
+  for (const auto& [value, text] : pages) {
+    const std::string add = value.empty() ? "" : fmt::format("{}=\"{}\"", label, EscapeLabel(value));
+    std::string current;
+    size_t at = 0;
+    while (at < text.size()) {
+      size_t nl = text.find('\n', at);
+      if (nl == std::string::npos) nl = text.size();
+      const std::string_view line(text.data() + at, nl - at);
+      at = nl + 1;
+      if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) {
+        std::string_view rest = line.substr(7);
+        current = std::string(rest.substr(0, rest.find(' ')));
+        auto [it, fresh] = fams.try_emplace(current);
+        if (fresh) order.push_back(current);
+        // Only the first page's header lines are kept.
+        if (it->second.samples.empty() && it->second.header.find(std::string(line.substr(0, 7))) == std::string::npos) {
+          it->second.header.append(line);
+          it->second.header += '\n';
+        }
+        continue;
+      }
+      if (line.empty() || line[0] == '#') continue;
+      if (current.empty()) {
+        current = std::string(line.substr(0, line.find_first_of("{ ")));
+        if (fams.try_emplace(current).second) order.push_back(current);
+      }
+      std::string& out = fams[current].samples;
+      const size_t brace = line.find('{');
+      const size_t space = line.find(' ');
+      if (add.empty()) {
+        out.append(line);
+      } else if (brace != std::string_view::npos && brace < space) {
+        const bool no_labels = brace + 1 < line.size() && line[brace + 1] == '}';
+        out.append(line.substr(0, brace + 1));
+        out += add;
+        if (!no_labels) out += ',';
+        out.append(line.substr(brace + 1));
+      } else {
+        out.append(line.substr(0, space));
+        out += '{';
+        out += add;
+        out += '}';
+        out.append(line.substr(space));
+      }
+      out += '\n';
+    }
+  }
+  std::string merged;
+  for (const std::string& name : order) {
+    merged += fams[name].header;
+    merged += fams[name].samples;
+  }
+  return merged;
 }
 
 }  // namespace kvferry::server

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvferry/base/base.h"
@@ -46,5 +47,13 @@ class ServerMetrics {
   Histogram e2e_ KVF_GUARDED_BY(mu_);
   uint64_t finished_[5] KVF_GUARDED_BY(mu_) = {};  // by FinishReason
 };
+
+// Adds `s` to `*total` (every field: gauges and counters of several ranks add up).
+void AddEngineStats(const engine::EngineStats& s, engine::EngineStats* total);
+
+// Merges Prometheus text pages into one: each family's HELP/TYPE once, then every page's
+// samples of it, each page's with `label="<page label>"` added (none for an empty page label).
+// Lines other than "# HELP"/"# TYPE" comments and samples are dropped.
+std::string MergeExpositions(const std::vector<std::pair<std::string, std::string>>& pages, const std::string& label);
 
 }  // namespace kvferry::server

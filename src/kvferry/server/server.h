@@ -31,7 +31,15 @@ class Connector;
 namespace kvferry::server {
 
 struct FrontendOptions {
-  engine::Engine* engine = nullptr;                        // required
+  // One data-parallel rank: its engine and (null: colocated) its connector worker.
+  struct Rank {
+    engine::Engine* engine = nullptr;
+    connector::Connector* connector = nullptr;
+  };
+  // The data-parallel ranks this API server spreads requests over; ranks[i] is dp rank i.
+  // Empty (default): one rank, {engine, connector} below. Every rank runs the same model.
+  std::vector<Rank> ranks;
+  engine::Engine* engine = nullptr;                        // required unless `ranks` is given
   const tokenizer::Tokenizer* tokenizer = nullptr;         // required
   const tokenizer::ChatTemplate* chat_template = nullptr;  // null: chat completions answer 400
   // Names clients may put in "model"; the first is reported (and labels the metrics). Required.

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "kvferry/tokenizer/gguf_tokenizer.h"
 #include "kvferry/tokenizer/jinja.h"
 #include "kvferry/tokenizer/tokenizer.h"
 #include "kvferry/tokenizer/tokenizer_impl.h"
@@ -110,6 +111,10 @@ StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::FromTokenizerConfig(std::s
 }
 
 StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(std::string_view model_dir) {
+  if (IsGgufPath(model_dir)) {  // a GGUF model file: its tokenizer.chat_template
+    KVF_ASSIGN_OR_RETURN(GgufTokenizerFiles files, TokenizerFilesFromGguf(std::string(model_dir)));
+    return FromTokenizerConfig(files.tokenizer_config_json);
+  }
   namespace fs = std::filesystem;
   fs::path dir(model_dir);
   KVF_ASSIGN_OR_RETURN(std::string config, ReadFileToString((dir / "tokenizer_config.json").string()));

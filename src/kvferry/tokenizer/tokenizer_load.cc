@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "kvferry/tokenizer/gguf_tokenizer.h"
 #include "kvferry/tokenizer/tokenizer_impl.h"
 
 namespace kvferry::tokenizer {
@@ -520,6 +521,12 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view tokeni
 }
 
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(std::string_view path_text) {
+  if (IsGgufPath(path_text)) {  // a GGUF model file: its tokenizer.ggml.* metadata
+    KVF_ASSIGN_OR_RETURN(GgufTokenizerFiles files, TokenizerFilesFromGguf(std::string(path_text)));
+    auto t = FromJson(files.tokenizer_json, files.tokenizer_config_json, files.generation_config_json);
+    if (!t.ok()) return t.status().WithContext(path_text);
+    return t;
+  }
   namespace fs = std::filesystem;
   fs::path path(path_text);
   std::error_code ec;

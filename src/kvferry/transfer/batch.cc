@@ -4,7 +4,7 @@
 
 namespace kvferry::transfer {
 
-std::pair<BatchId, BatchRecord*> BatchTable::Create(size_t slices, uint64_t total_bytes) {
+std::pair<BatchId, BatchRecord*> BatchTable::Create(size_t slices, uint64_t total_bytes, uint64_t bytes_done) {
   MutexLock l(mu_);
   uint32_t index;
   if (!free_.empty()) {
@@ -21,6 +21,7 @@ std::pair<BatchId, BatchRecord*> BatchTable::Create(size_t slices, uint64_t tota
   b->in_use = true;
   b->remaining = slices;
   b->total_bytes = total_bytes;
+  b->bytes_done = bytes_done;
   b->start = clock_->Now();
   ++submitted_;
   if (slices == 0) RecordEndLocked(b);

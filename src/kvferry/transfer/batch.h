@@ -25,8 +25,9 @@ struct BatchRecord {
 class BatchTable {
  public:
   explicit BatchTable(const Clock* clock) : clock_(clock) {}
-  // Creates a batch expecting `slices` completions (0 = already done).
-  std::pair<BatchId, BatchRecord*> Create(size_t slices, uint64_t total_bytes);
+  // Creates a batch expecting `slices` completions (0 = already done); `bytes_done` were
+  // moved already (shm copies made by the submitter).
+  std::pair<BatchId, BatchRecord*> Create(size_t slices, uint64_t total_bytes, uint64_t bytes_done = 0);
   // Called once per slice by transport threads. `bytes` counts on success.
   void Complete(BatchRecord* batch, const Status& status, uint64_t bytes);
   StatusOr<BatchStatus> Poll(BatchId id);

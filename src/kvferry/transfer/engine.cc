@@ -14,6 +14,7 @@
 #include "kvferry/transfer/peer.h"
 #include "kvferry/transfer/registry.h"
 #include "kvferry/transfer/server.h"
+#include "kvferry/transfer/shm_map.h"
 #include "kvferry/transfer/transfer.h"
 #include "kvferry/transfer/wire.h"
 
@@ -34,6 +35,9 @@ StatusOr<Protocol> ParseProtocol(std::string_view name) {
 }
 
 namespace {
+
+// shm: batches up to this size are copied on the submitting thread (see Submit).
+constexpr uint64_t kInlineCopyMax = 8ull << 20;
 
 std::string RandomToken() {
   std::random_device rd;
@@ -140,7 +144,11 @@ class TransferEngineImpl final : public TransferEngine {
     return registry_.Register(addr, length);
   }
   Status UnregisterMemory(void* addr) override {
-    return registry_.Unregister(addr);
+    uint64_t shared_id = 0;
+    KVF_RETURN_IF_ERROR(registry_.Unregister(addr, &shared_id));
+    // Same-host peers that mapped it unmap it before we return (or are cut off).
+    if (shared_id != 0) server_->RevokeShared(shared_id);
+    return Status::Ok();
   }
 
   StatusOr<SegmentHandle> OpenSegment(std::string_view name) override {
@@ -197,8 +205,20 @@ class TransferEngineImpl final : public TransferEngine {
   }
 
   StatusOr<BatchId> Submit(std::span<const TransferRequest> requests, const Deadline& deadline) override {
-    // Validate everything before creating the batch: a bad request fails fast.
-    std::map<uint32_t, Segment*> segs;
+    // Validate everything before creating the batch: a bad request fails fast. Batches name
+    // one or a few segments: a short vector beats a map here (this path is per batch).
+    struct SegRef {
+      uint32_t index;
+      Segment* seg;
+      std::shared_ptr<ShmMapping> mapping;
+    };
+    std::vector<SegRef> segs;
+    auto seg_of = [&segs](uint32_t index) -> SegRef& {
+      for (SegRef& s : segs) {
+        if (s.index == index) return s;
+      }
+      return segs.front();  // unreachable: every request's segment was added while validating
+    };
     uint64_t total = 0;
     size_t slices = 0;
     const uint64_t slice = options_.slice_size;
@@ -210,22 +230,49 @@ class TransferEngineImpl final : public TransferEngine {
             "local range [{}, +{}) of a transfer request is not inside registered memory", r.local, r.length));
       }
       if (r.op != Op::kRead && r.op != Op::kWrite) return InvalidArgumentError("transfer request has a bad op");
-      if (!segs.count(r.segment.index)) {
+      bool known = false;
+      for (const SegRef& s : segs) known = known || s.index == r.segment.index;
+      if (!known) {
         KVF_ASSIGN_OR_RETURN(Segment * seg, Find(r.segment));
-        segs[r.segment.index] = seg;
+        segs.push_back(SegRef{r.segment.index, seg, nullptr});
       }
       total += r.length;
       slices += (r.length + slice - 1) / slice;
     }
-    for (auto& [index, seg] : segs) {
-      if (seg->peer->stale()) KVF_RETURN_IF_ERROR(Refresh(seg));
+    for (SegRef& s : segs) {
+      if (s.seg->peer->stale()) KVF_RETURN_IF_ERROR(Refresh(s.seg));
+      if (options_.protocol == Protocol::kShm) s.mapping = s.seg->peer->mapping();
     }
-    auto [id, batch] = batches_.Create(slices, total);
+    // shm: requests inside a same-host target's mapped SharedMemory are copied here and now,
+    // with memcpy: no thread hand-off and no system call. The rest is sliced for the lanes.
+    // A batch larger than kInlineCopyMax goes to the lanes whole: they copy its slices through
+    // the same mapping in parallel, which beats one thread once the copy leaves the caches.
+    std::vector<bool> copied;
+    uint64_t copied_bytes = 0;
+    if (options_.protocol == Protocol::kShm && total <= kInlineCopyMax) {
+      uint64_t written = 0, read = 0;
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const TransferRequest& r = requests[i];
+        if (r.length == 0) continue;
+        ShmMapping* m = seg_of(r.segment.index).mapping.get();
+        if (m == nullptr || !m->Copy(r.op, static_cast<char*>(r.local), r.remote, r.length)) continue;
+        if (copied.empty()) copied.assign(requests.size(), false);
+        copied[i] = true;
+        copied_bytes += r.length;
+        (r.op == Op::kWrite ? written : read) += r.length;
+        slices -= (r.length + slice - 1) / slice;
+      }
+      if (written) peer_counters_.bytes_written.fetch_add(written, std::memory_order_relaxed);
+      if (read) peer_counters_.bytes_read.fetch_add(read, std::memory_order_relaxed);
+      if (copied_bytes) peer_counters_.bytes_mapped.fetch_add(copied_bytes, std::memory_order_relaxed);
+    }
+    auto [id, batch] = batches_.Create(slices, total, copied_bytes);
     if (slices == 0) return id;
     std::map<Segment*, std::vector<Slice>> per_peer;
-    for (const TransferRequest& r : requests) {
-      if (r.length == 0) continue;
-      std::vector<Slice>& out = per_peer[segs[r.segment.index]];
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const TransferRequest& r = requests[i];
+      if (r.length == 0 || (!copied.empty() && copied[i])) continue;
+      std::vector<Slice>& out = per_peer[seg_of(r.segment.index).seg];
       for (uint64_t off = 0; off < r.length; off += slice) {
         Slice s;
         s.batch = batch;
@@ -283,6 +330,7 @@ class TransferEngineImpl final : public TransferEngine {
     batches_.FillStats(&st);
     st.bytes_written = peer_counters_.bytes_written.load(std::memory_order_relaxed);
     st.bytes_read = peer_counters_.bytes_read.load(std::memory_order_relaxed);
+    st.bytes_mapped = peer_counters_.bytes_mapped.load(std::memory_order_relaxed);
     st.requests_failed = peer_counters_.requests_failed.load(std::memory_order_relaxed);
     st.handshakes = handshakes_.load(std::memory_order_relaxed);
     st.served_bytes_in = server_counters_.bytes_in.load(std::memory_order_relaxed);
@@ -346,6 +394,17 @@ class TransferEngineImpl final : public TransferEngine {
     t.tcp_proto_version = d->tcp_proto_version;
     t.kvferry = d->kvferry_version > 0;
     t.shm_path = d->kvferry_shm_path;
+    if (options_.protocol == Protocol::kShm) {
+      // Map the target's shared memory once; without it (older kvferry, nothing shared, an
+      // error) every request goes through the shm socket as before.
+      StatusOr<std::shared_ptr<ShmMapping>> m =
+          ShmMapping::Open(t.shm_path, secret_, std::chrono::seconds(30), Deadline::After(options_.handshake_timeout));
+      if (m.ok()) {
+        t.mapping = std::move(*m);
+      } else {
+        KVF_LOG_DEBUG("transfer: no shm mapping of segment {}: {}", seg->name, m.status().ToString());
+      }
+    }
     KVF_LOG_DEBUG("transfer: handshake with {} → data {}:{} v{} kvferry={} buffers={}", seg->name, t.data_host,
                   t.data_port, t.tcp_proto_version, t.kvferry, d->buffers.size());
     return t;

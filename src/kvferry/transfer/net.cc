@@ -156,6 +156,80 @@ StatusOr<Fd> Accept(int listen_fd) {
   }
 }
 
+Status SendWithFds(int fd, const void* data, size_t len, const std::vector<int>& fds, const Deadline& deadline) {
+  if (len == 0) return InvalidArgumentError("SendWithFds: no bytes to carry the descriptors");
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  const char* p = static_cast<const char*>(data);
+  bool fds_sent = fds.empty();
+  while (len > 0) {
+    iovec iov{const_cast<char*>(p), len};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (!fds_sent) {
+      msg.msg_control = control.data();
+      msg.msg_controllen = control.size();
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        KVF_RETURN_IF_ERROR(PollFor(fd, POLLOUT, deadline));
+        continue;
+      }
+      return ErrnoToStatus(errno, "sendmsg");
+    }
+    fds_sent = true;  // they went with the first byte
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status RecvWithFds(int fd, void* data, size_t len, size_t max_fds, std::vector<Fd>* fds, const Deadline& deadline) {
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<size_t>(max_fds, 1)));
+  char* p = static_cast<char*>(data);
+  while (len > 0) {
+    iovec iov{p, len};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        KVF_RETURN_IF_ERROR(PollFor(fd, POLLIN, deadline));
+        continue;
+      }
+      return ErrnoToStatus(errno, "recvmsg");
+    }
+    // Take ownership of whatever arrived first, so that nothing leaks on an error below.
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int received;
+        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        fds->emplace_back(received);
+      }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) return DataLossError("recvmsg: descriptors truncated");
+    if (fds->size() > max_fds) return DataLossError(fmt::format("recvmsg: {} descriptors, at most {} expected",
+                                                                fds->size(), max_fds));
+    if (n == 0) return UnavailableError("connection closed by peer");
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
 Status WaitReadable(int fd, const Deadline& deadline) { return PollFor(fd, POLLIN, deadline); }
 Status WaitWritable(int fd, const Deadline& deadline) { return PollFor(fd, POLLOUT, deadline); }
 
@@ -253,6 +327,13 @@ StatusOr<int> PeerPid(int fd) {
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return ErrnoToStatus(errno, "SO_PEERCRED");
   if (cred.pid <= 0) return FailedPreconditionError("peer pid unknown");
   return static_cast<int>(cred.pid);
+}
+
+StatusOr<uint32_t> PeerUid(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return ErrnoToStatus(errno, "SO_PEERCRED");
+  return static_cast<uint32_t>(cred.uid);
 }
 
 std::string DefaultHostAddress() {

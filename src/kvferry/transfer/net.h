@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kvferry/base/base.h"
 
@@ -72,6 +73,14 @@ size_t Readable(int fd);
 
 // Pid of the process on the other end of a unix socket (SO_PEERCRED).
 StatusOr<int> PeerPid(int fd);
+// Uid of the process on the other end of a unix socket (SO_PEERCRED).
+StatusOr<uint32_t> PeerUid(int fd);
+
+// Unix sockets: sends all of `data` with `fds` attached (SCM_RIGHTS) to its first byte.
+Status SendWithFds(int fd, const void* data, size_t len, const std::vector<int>& fds, const Deadline& deadline);
+// Receives exactly len bytes and the descriptors that came with them (at most max_fds; more,
+// or a truncated control message, is DataLoss and closes what arrived). The fds are close-on-exec.
+Status RecvWithFds(int fd, void* data, size_t len, size_t max_fds, std::vector<Fd>* fds, const Deadline& deadline);
 
 // First non-loopback IPv4 address of this host, else "127.0.0.1".
 std::string DefaultHostAddress();

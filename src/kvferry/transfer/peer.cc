@@ -73,6 +73,11 @@ PeerTarget Peer::target() const {
   return target_;
 }
 
+std::shared_ptr<ShmMapping> Peer::mapping() const {
+  MutexLock l(mu_);
+  return target_.mapping;
+}
+
 void Peer::Stop() {
   std::deque<Slice> queued;
   {
@@ -204,6 +209,15 @@ void Peer::RunLane(Lane* lane) {
     for (const Slice& s : to_send) {
       if (s.deadline.Expired()) {
         Fail(s, DeadlineExceededError("transfer deadline passed before the request was sent"));
+        continue;
+      }
+      // shm: a slice inside the target's mapped memory is copied right here (large batches
+      // come this way so that the lanes copy in parallel; small ones are copied in Submit).
+      if (t.mapping && t.mapping->Copy(s.op, s.local, s.remote, s.length)) {
+        (s.op == Op::kWrite ? counters_->bytes_written : counters_->bytes_read)
+            .fetch_add(s.length, std::memory_order_relaxed);
+        counters_->bytes_mapped.fetch_add(s.length, std::memory_order_relaxed);
+        batches_->Complete(s.batch, Status::Ok(), s.length);
         continue;
       }
       if (fd < 0) {

@@ -12,6 +12,7 @@
 
 #include "kvferry/base/base.h"
 #include "kvferry/transfer/batch.h"
+#include "kvferry/transfer/shm_map.h"
 #include "kvferry/transfer/wire.h"
 
 namespace kvferry::transfer {
@@ -33,6 +34,9 @@ struct PeerTarget {
   int tcp_proto_version = 1;
   bool kvferry = false;
   std::string shm_path;
+  // shm: the target's SharedMemory mapped into this process (null: none). Shared by the
+  // submit path and the lanes; the last holder unmaps it after a re-handshake replaced it.
+  std::shared_ptr<ShmMapping> mapping;
   uint64_t epoch = 0;  // bumped on every re-handshake; lanes reconnect
 };
 
@@ -40,6 +44,7 @@ struct PeerCounters {
   // Relaxed event counters read by GetStats; they publish nothing else.
   std::atomic<uint64_t> bytes_written{0};
   std::atomic<uint64_t> bytes_read{0};
+  std::atomic<uint64_t> bytes_mapped{0};
   std::atomic<uint64_t> requests_failed{0};
 };
 
@@ -67,6 +72,7 @@ class Peer {
   bool stale() const { return stale_.load(std::memory_order_acquire); }
   void UpdateTarget(PeerTarget target);
   PeerTarget target() const;
+  std::shared_ptr<ShmMapping> mapping() const;
   // Fails everything queued or in flight with Cancelled and joins the lanes.
   void Stop();
 

@@ -7,10 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "kvferry/transfer/auth.h"
+#include "kvferry/transfer/registry.h"
 #include "kvferry/transfer/wire.h"
 
 namespace kvferry::transfer {
@@ -149,6 +151,86 @@ void Server::AcceptLoop(Kind kind, int listen_fd) {
   }
 }
 
+void Server::ServeMap(int fd) {
+  auto client = std::make_shared<MapClient>();
+  client->fd = fd;
+  {
+    MutexLock send(client->send_mu);  // no revocation goes out before the reply
+    std::vector<SharedRegion> regions;
+    {
+      // The snapshot and the listing happen under map_mu_, which RevokeShared takes after the
+      // region left the registry: a region is either not in our snapshot or we are listed.
+      MutexLock l(map_mu_);
+      regions = registry_->SnapshotShared(wire::kMaxShmMapRegions);
+      MutexLock c(client->mu);
+      for (const SharedRegion& r : regions) client->ids.insert(r.entry.id);
+      map_clients_.push_back(client);
+    }
+    std::vector<wire::ShmMapEntry> entries;
+    std::vector<int> fds;
+    for (const SharedRegion& r : regions) {
+      entries.push_back(r.entry);
+      fds.push_back(r.fd.get());
+    }
+    std::string reply = wire::EncodeShmMapReply(entries);
+    Status s = net::SendWithFds(fd, reply.data(), reply.size(), fds, Deadline::After(options_.io_timeout));
+    if (!s.ok()) KVF_LOG_DEBUG("transfer: shm map reply failed: {}", s.ToString());
+    KVF_LOG_DEBUG("transfer: {} shared regions handed to a same-host peer", entries.size());
+  }  // our duplicates of the memfds close here; the peer holds its own
+  for (;;) {
+    uint8_t frame[wire::kShmControlSize];
+    if (!net::WaitReadable(fd, Deadline::Infinite()).ok() ||
+        !net::RecvAll(fd, frame, sizeof(frame), Deadline::After(options_.io_timeout)).ok()) {
+      break;
+    }
+    StatusOr<std::pair<uint32_t, uint64_t>> c = wire::DecodeShmControl(frame);
+    if (!c.ok() || c->first != wire::kShmRevoked) break;
+    MutexLock l(client->mu);
+    client->ids.erase(c->second);
+    client->cv.NotifyAll();
+  }
+  {
+    MutexLock l(map_mu_);
+    map_clients_.remove(client);
+  }
+  MutexLock l(client->mu);
+  client->closed = true;  // a dead peer's mappings died with it
+  client->cv.NotifyAll();
+}
+
+void Server::RevokeShared(uint64_t id) {
+  std::vector<std::shared_ptr<MapClient>> holders;
+  {
+    MutexLock l(map_mu_);
+    for (auto& c : map_clients_) {
+      MutexLock cl(c->mu);
+      if (c->ids.count(id) && !c->closed) holders.push_back(c);
+    }
+  }
+  for (auto& c : holders) {
+    uint8_t frame[wire::kShmControlSize];
+    wire::EncodeShmControl(wire::kShmRevoke, id, frame);
+    MutexLock send(c->send_mu);
+    {
+      MutexLock l(c->mu);
+      if (c->closed) continue;  // its fd may already be closed or reused
+      if (!net::SendAll(c->fd, frame, sizeof(frame), Deadline::After(options_.io_timeout)).ok()) continue;
+    }
+  }
+  for (auto& c : holders) {
+    Deadline deadline = Deadline::After(options_.io_timeout);
+    MutexLock l(c->mu);
+    while (c->ids.count(id) && !c->closed) {
+      if (!c->cv.WaitUntil(c->mu, deadline) && deadline.Expired()) {
+        KVF_LOG_WARN("transfer: a same-host peer did not give back shared region {} within {} ms; disconnecting it",
+                     id, std::chrono::duration_cast<std::chrono::milliseconds>(options_.io_timeout).count());
+        ::shutdown(c->fd, SHUT_RDWR);
+        break;
+      }
+    }
+  }
+}
+
 void Server::ServeHandshake(Conn* conn) {
   SetCurrentThreadName("kvf-hs");
   int fd = conn->fd.get();
@@ -236,6 +318,17 @@ void Server::ServeData(Conn* conn, bool shm) {
     uint8_t hb[wire::kDataHeaderSize + wire::kShmRefSize];
     if (!net::RecvAll(fd, hb, wire::kDataHeaderSize, Deadline::After(options_.io_timeout)).ok()) return;
     wire::DataHeader h = wire::DecodeDataHeader(hb);
+    if (shm && h.opcode == wire::kOpShmMap && pending.empty()) {
+      // Only a process of our own user (or root) gets our memory's descriptors.
+      StatusOr<uint32_t> uid = net::PeerUid(fd);
+      if (!uid.ok() || (*uid != geteuid() && *uid != 0)) {
+        counters_->rejected.fetch_add(1, std::memory_order_relaxed);
+        KVF_LOG_WARN("transfer: shm map request from another user refused");
+        return;
+      }
+      ServeMap(fd);
+      return;
+    }
     const bool v2 = wire::IsV2(h.opcode);
     const bool ext = wire::IsKvferryOp(h.opcode);
     const bool shm_ref = ext && wire::IsShmRef(h.opcode);

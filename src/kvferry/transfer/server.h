@@ -7,6 +7,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -46,6 +47,10 @@ class Server {
   // Starts the accept threads. REQUIRES: Bind() succeeded.
   void Serve();
   void Stop();
+  // Tells every same-host initiator that mapped shared region `id` to stop using it and waits
+  // until each has unmapped it or disconnected (at most io_timeout per initiator; one that
+  // does not answer in time is disconnected and a warning logged).
+  void RevokeShared(uint64_t id);
   uint16_t handshake_port() const { return handshake_port_; }
   uint16_t data_port() const { return data_port_; }
 
@@ -62,6 +67,18 @@ class Server {
   void AcceptLoop(Kind kind, int listen_fd);
   void ServeHandshake(Conn* conn);
   void ServeData(Conn* conn, bool shm);
+  // A `kOpShmMap` request on the shm socket: hands over the shared regions, then serves
+  // revocations until the initiator disconnects.
+  void ServeMap(int fd);
+  // One initiator that mapped our shared regions.
+  struct MapClient {
+    int fd = -1;
+    Mutex send_mu;  // one sender at a time; taken before Server::map_mu_
+    Mutex mu;
+    CondVar cv;
+    std::set<uint64_t> ids KVF_GUARDED_BY(mu);  // regions it has mapped and not yet given back
+    bool closed KVF_GUARDED_BY(mu) = false;
+  };
   void ReapLocked() KVF_REQUIRES(mu_);
 
   const ServerOptions options_;
@@ -84,6 +101,9 @@ class Server {
   void AcquireServedAccesses() const { (void)access_order_.load(std::memory_order_acquire); }
 
  private:
+  Mutex map_mu_;
+  std::list<std::shared_ptr<MapClient>> map_clients_ KVF_GUARDED_BY(map_mu_);  // shared with RevokeShared callers
+
   Mutex mu_;
   bool stopping_ KVF_GUARDED_BY(mu_) = false;
   std::list<std::unique_ptr<Conn>> conns_ KVF_GUARDED_BY(mu_);

@@ -122,6 +122,9 @@ inline constexpr std::array<double, 14> kLatencyBucketsUs = {10,   50,    100,  
 struct TransferStats {
   uint64_t bytes_written = 0;  // initiator: WRITE bytes acknowledged
   uint64_t bytes_read = 0;     // initiator: READ bytes received
+  // initiator, shm: the part of bytes_written + bytes_read copied straight through a mapping
+  // of the target's SharedMemory (the rest went through the shm or TCP socket).
+  uint64_t bytes_mapped = 0;
   uint64_t batches_submitted = 0;
   uint64_t batches_done = 0;
   uint64_t batches_failed = 0;
@@ -133,6 +136,31 @@ struct TransferStats {
   // Batch latency histogram: counts per kLatencyBucketsUs bucket (+1 for +Inf).
   std::array<uint64_t, kLatencyBucketsUs.size() + 1> latency_buckets{};
   double latency_sum_us = 0;
+};
+
+// Memory that `shm` peers on this host can map (a sealed memfd, MAP_SHARED). Register a
+// range inside it with TransferEngine::RegisterMemory (as any memory); a same-host `shm`
+// initiator then maps that range once and copies into and out of it with memcpy, no system
+// call per request. Memory not made here is served through the shm socket instead (one
+// process_vm_readv/writev per request by the target).
+// Threading: immutable after Create. Ownership: unregister every range inside it from every
+// engine before destroying it; peers' mappings are revoked by UnregisterMemory.
+class SharedMemory {
+ public:
+  // `size` bytes (> 0), zeroed, readable and writable. `name` shows in /proc/PID/maps as
+  // "/memfd:NAME". ResourceExhausted when the memory is not available.
+  static StatusOr<std::unique_ptr<SharedMemory>> Create(size_t size, std::string_view name = "kvferry-shm");
+  ~SharedMemory();
+  SharedMemory(const SharedMemory&) = delete;
+  SharedMemory& operator=(const SharedMemory&) = delete;
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  SharedMemory(char* data, size_t size, int fd) : data_(data), size_(size), fd_(fd) {}
+  char* data_;
+  size_t size_;
+  int fd_;
 };
 
 class TransferEngine {

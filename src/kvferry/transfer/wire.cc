@@ -216,6 +216,48 @@ StatusOr<uint32_t> DecodeStatus(const uint8_t in[kStatusSize]) {
   return static_cast<uint32_t>(v & 0xFFFFFFFFu);
 }
 
+std::string EncodeShmMapReply(const std::vector<ShmMapEntry>& entries) {
+  std::string out(kShmMapHeaderSize + entries.size() * kShmMapEntrySize, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(out.data());
+  std::memcpy(p, kShmMapMagic.data(), kShmMapMagic.size());
+  PutU64(p + 8, entries.size());
+  p += kShmMapHeaderSize;
+  for (const ShmMapEntry& e : entries) {
+    PutU64(p, e.id);
+    PutU64(p + 8, e.addr);
+    PutU64(p + 16, e.length);
+    PutU64(p + 24, e.fd_offset);
+    p += kShmMapEntrySize;
+  }
+  return out;
+}
+
+StatusOr<size_t> DecodeShmMapHeader(const uint8_t in[kShmMapHeaderSize]) {
+  if (std::memcmp(in, kShmMapMagic.data(), kShmMapMagic.size()) != 0) {
+    return DataLossError("malformed shm map reply (no KVFMAP01 magic)");
+  }
+  uint64_t n = GetU64(in + 8);
+  if (n > kMaxShmMapRegions) return DataLossError(fmt::format("shm map reply lists {} regions (at most {})", n, kMaxShmMapRegions));
+  return static_cast<size_t>(n);
+}
+
+ShmMapEntry DecodeShmMapEntry(const uint8_t in[kShmMapEntrySize]) {
+  return ShmMapEntry{GetU64(in), GetU64(in + 8), GetU64(in + 16), GetU64(in + 24)};
+}
+
+void EncodeShmControl(uint32_t kind, uint64_t id, uint8_t out[kShmControlSize]) {
+  PutU64(out, kind);
+  PutU64(out + 8, id);
+}
+
+StatusOr<std::pair<uint32_t, uint64_t>> DecodeShmControl(const uint8_t in[kShmControlSize]) {
+  uint64_t kind = GetU64(in);
+  if (kind != kShmRevoke && kind != kShmRevoked) {
+    return DataLossError(fmt::format("malformed shm control frame (kind {})", kind));
+  }
+  return std::make_pair(static_cast<uint32_t>(kind), GetU64(in + 8));
+}
+
 bool RangeInside(uint64_t addr, uint64_t size, uint64_t buf_addr, uint64_t buf_len) {
   if (size == 0) return false;
   if (addr + size < addr) return false;  // wraps

@@ -103,6 +103,37 @@ void EncodeStatus(uint32_t code, uint8_t out[kStatusSize]);
 // The code, or DataLoss for a frame without the magic.
 StatusOr<uint32_t> DecodeStatus(const uint8_t in[kStatusSize]);
 
+// ---- shm mapping channel (kvferry only, on the shm unix socket; docs/transfer.md) ----
+// initiator → target: a data header with opcode kOpShmMap (size 0, addr 0).
+// target → initiator: "KVFMAP01", u32 count, u32 0, then `count` entries of 4 x u64
+//   (region id, address, length, offset in its memfd); the count memfds ride along
+//   with SCM_RIGHTS, in entry order.
+// then either way, 16-byte control frames: u32 kind, u32 0, u64 region id.
+//   kShmRevoke (target → initiator): stop using region id, unmap it, then answer
+//   kShmRevoked (initiator → target).
+inline constexpr uint8_t kOpShmMap = kOpKvferry | 0x10;
+inline constexpr std::string_view kShmMapMagic = "KVFMAP01";
+inline constexpr size_t kShmMapHeaderSize = 16;
+inline constexpr size_t kShmMapEntrySize = 32;
+inline constexpr size_t kMaxShmMapRegions = 64;  // at most this many memfds in one reply
+inline constexpr size_t kShmControlSize = 16;
+inline constexpr uint32_t kShmRevoke = 1;
+inline constexpr uint32_t kShmRevoked = 2;
+
+struct ShmMapEntry {
+  uint64_t id = 0;
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  uint64_t fd_offset = 0;
+};
+std::string EncodeShmMapReply(const std::vector<ShmMapEntry>& entries);
+// Parses the 16-byte header: the entry count (at most kMaxShmMapRegions), DataLoss otherwise.
+StatusOr<size_t> DecodeShmMapHeader(const uint8_t in[kShmMapHeaderSize]);
+ShmMapEntry DecodeShmMapEntry(const uint8_t in[kShmMapEntrySize]);
+void EncodeShmControl(uint32_t kind, uint64_t id, uint8_t out[kShmControlSize]);
+// The kind (kShmRevoke or kShmRevoked) and id; DataLoss for any other kind.
+StatusOr<std::pair<uint32_t, uint64_t>> DecodeShmControl(const uint8_t in[kShmControlSize]);
+
 // Target-side validation: size > 0, no wrap-around, inside one buffer.
 bool RangeInside(uint64_t addr, uint64_t size, uint64_t buf_addr, uint64_t buf_len);
 

@@ -158,5 +158,41 @@ TEST(WireTest, AuthMacDependsOnSecretRoleAndNonce) {
   EXPECT_FALSE(MacEqual(AuthMac("s", "r", a), AuthMac("s", "r", b)));
 }
 
+TEST(WireTest, ShmMapReplyAndControlFramesRoundTripAndRejectGarbage) {
+  std::vector<ShmMapEntry> entries = {{1, 0x7f0000001005, 4096, 5}, {9, 0x7f0000100000, 1ull << 40, 1ull << 33}};
+  std::string reply = EncodeShmMapReply(entries);
+  ASSERT_EQ(reply.size(), kShmMapHeaderSize + 2 * kShmMapEntrySize);
+  const auto* p = reinterpret_cast<const uint8_t*>(reply.data());
+  auto n = DecodeShmMapHeader(p);
+  ASSERT_TRUE(n.ok());
+  ASSERT_EQ(*n, 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    ShmMapEntry e = DecodeShmMapEntry(p + kShmMapHeaderSize + i * kShmMapEntrySize);
+    EXPECT_EQ(e.id, entries[i].id);
+    EXPECT_EQ(e.addr, entries[i].addr);
+    EXPECT_EQ(e.length, entries[i].length);
+    EXPECT_EQ(e.fd_offset, entries[i].fd_offset);
+  }
+  EXPECT_EQ(*DecodeShmMapHeader(reinterpret_cast<const uint8_t*>(EncodeShmMapReply({}).data())), 0u);
+  std::string bad = reply;
+  bad[0] = 'X';  // no magic
+  EXPECT_EQ(DecodeShmMapHeader(reinterpret_cast<const uint8_t*>(bad.data())).status().code(), StatusCode::kDataLoss);
+  bad = reply;
+  bad[8] = static_cast<char>(kMaxShmMapRegions + 1);  // more regions than descriptors may ride along
+  EXPECT_EQ(DecodeShmMapHeader(reinterpret_cast<const uint8_t*>(bad.data())).status().code(), StatusCode::kDataLoss);
+  uint8_t frame[kShmControlSize];
+  EncodeShmControl(kShmRevoke, 0x1122334455667788ull, frame);
+  auto c = DecodeShmControl(frame);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->first, kShmRevoke);
+  EXPECT_EQ(c->second, 0x1122334455667788ull);
+  EncodeShmControl(7, 1, frame);
+  EXPECT_EQ(DecodeShmControl(frame).status().code(), StatusCode::kDataLoss);
+  // The map opcode is a kvferry-only value that Mooncake never sends and no other flag test matches.
+  EXPECT_TRUE(IsKvferryOp(kOpShmMap));
+  EXPECT_FALSE(IsShmRef(kOpShmMap));
+  EXPECT_FALSE(IsV2(kOpShmMap));
+}
+
 }  // namespace
 }  // namespace kvferry::transfer::wire

@@ -1,0 +1,204 @@
+// QuantMatMulVnni: quantized weights times f32 activations with AVX-512 VNNI int8 dot products.
+//
+// Activations are quantized per 32 elements: x ≈ dx * xq, xq int8 (round to nearest). Every
+// weight type is written per 64-element chunk as w = A * u - B with u unsigned bytes and A, B
+// per group of elements (Q8_0: u = q + 128, B = 128 d; Q4_0: u = nibble, B = 8 d; Q4_K:
+// A = d sc, B = dmin m; Q6_K: u = 6-bit q, B = 32 A). vpdpbusd sums u * xq over 4 consecutive
+// elements into each of 16 int32 lanes; each lane then gets its own float scale, so groups of
+// 32 (Q8_0, Q4_0, Q4_K) and of 16 (Q6_K) need no horizontal sums:
+//   acc += float(sum4(u xq)) * (A dx) - B * (dx sum4(xq))
+// with dx sum4(xq) precomputed per lane and token. Compiled with AVX-512 VNNI flags; called only
+// when the CPU has them.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kvferry/kernels/kernels.h"
+#include "kvferry/kernels/quant.h"
+
+namespace kvferry::kernels {
+namespace {
+
+constexpr int kMaxTokens = 4;  // token rows that share one pass over the weights
+
+// F16C, inline (F16ToF32 is an out-of-line call: a measurable share per 32-weight block).
+inline float Half(uint16_t h) { return _cvtsh_ss(h); }
+
+// One token's activations, quantized, padded with zeros to a multiple of 64 elements.
+struct QuantizedRow {
+  std::vector<int8_t> q;    // xq
+  std::vector<float> dx;    // per 4 elements: the block's dx
+  std::vector<float> sx;    // per 4 elements: dx * sum of their xq
+};
+
+void QuantizeActivations(const float* x, int64_t cols, QuantizedRow* out) {
+  const int64_t padded = (cols + 63) / 64 * 64;
+  out->q.assign(padded, 0);
+  out->dx.assign(padded / 4, 0.0f);
+  out->sx.assign(padded / 4, 0.0f);
+  for (int64_t b = 0; b < cols; b += 32) {
+    const __m512 v0 = _mm512_loadu_ps(x + b), v1 = _mm512_loadu_ps(x + b + 16);
+    const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(v0)), _mm512_reduce_max_ps(_mm512_abs_ps(v1)));
+    const float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b + 16), _mm512_cvtsepi32_epi8(q1));
+    for (int l = 0; l < 8; ++l) {
+      const int8_t* p = out->q.data() + b + 4 * l;
+      out->dx[b / 4 + l] = d;
+      out->sx[b / 4 + l] = d * static_cast<float>(p[0] + p[1] + p[2] + p[3]);
+    }
+  }
+}
+
+__m512i Concat(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+__m512 Halves(float a, float b) { return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1); }
+
+// Lanes 4i..4i+3 take s[i] (i < 4).
+__m512 Quarters(const float* s) {
+  const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s)));
+}
+
+// The chunk of 64 weights: u, A and B (see the top of the file).
+struct Chunk {
+  __m512i u;
+  __m512 a, b;
+};
+
+// Q8_0 / Q4_0: blocks blk and blk + 1 (the second absent when `two` is false).
+Chunk Q8_0Chunk(const BlockQ8_0* blk, bool two) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i lo = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[0].qs)), flip);
+  const __m256i hi = two ? _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[1].qs)), flip)
+                         : _mm256_setzero_si256();
+  const __m512 a = Halves(Half(blk[0].d), two ? Half(blk[1].d) : 0.0f);
+  return {Concat(lo, hi), a, _mm512_mul_ps(a, _mm512_set1_ps(128.0f))};
+}
+
+__m256i Q4_0Bytes(const BlockQ4_0& b) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+Chunk Q4_0Chunk(const BlockQ4_0* blk, bool two) {
+  const __m512 a = Halves(Half(blk[0].d), two ? Half(blk[1].d) : 0.0f);
+  return {Concat(Q4_0Bytes(blk[0]), two ? Q4_0Bytes(blk[1]) : _mm256_setzero_si256()), a,
+          _mm512_mul_ps(a, _mm512_set1_ps(8.0f))};
+}
+
+// Q4_K: the 8 sub-block scales d*sc and offsets dmin*m of a block.
+struct Q4KScales {
+  float a[8], b[8];
+};
+Q4KScales Q4KBlockScales(const BlockQ4_K& blk) {
+  Q4KScales s;
+  const float d = Half(blk.d), dmin = Half(blk.dmin);
+  const uint8_t* q = blk.scales;  // the packing of Q4KScaleMin, inline
+  for (int j = 0; j < 4; ++j) {
+    s.a[j] = d * static_cast<float>(q[j] & 63);
+    s.b[j] = dmin * static_cast<float>(q[j + 4] & 63);
+    s.a[j + 4] = d * static_cast<float>((q[j + 8] & 15) | ((q[j] >> 6) << 4));
+    s.b[j + 4] = dmin * static_cast<float>((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+  }
+  return s;
+}
+
+Chunk Q4KChunk(const BlockQ4_K& blk, const Q4KScales& s, int c) {
+  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * c));
+  const __m256i m = _mm256_set1_epi8(0x0f);
+  return {Concat(_mm256_and_si256(q, m), _mm256_and_si256(_mm256_srli_epi16(q, 4), m)), Halves(s.a[2 * c], s.a[2 * c + 1]),
+          Halves(s.b[2 * c], s.b[2 * c + 1])};
+}
+
+Chunk Q6KChunk(const BlockQ6_K& blk, const float* a16, int c) {
+  const int h = c / 2, part = c % 2;
+  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
+  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+  const int ls = 4 * part, hs = 4 * part;  // nibble shift, and the qh pair of e0/e2 (e1/e3 add 2)
+  const __m256i e_lo = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, ls), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, hs), m2), 4));
+  const __m256i e_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, ls), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, hs + 2), m2), 4));
+  const __m512 a = Quarters(a16 + 8 * h + 4 * part);
+  return {Concat(e_lo, e_hi), a, _mm512_mul_ps(a, _mm512_set1_ps(32.0f))};
+}
+
+// Accumulates one chunk into the token accumulators.
+inline void Accumulate(const Chunk& ch, const QuantizedRow* const* xs, int nt, int64_t k0, __m512* acc) {
+  for (int t = 0; t < nt; ++t) {
+    const __m512i xq = _mm512_loadu_si512(xs[t]->q.data() + k0);
+    const __m512 dx = _mm512_loadu_ps(xs[t]->dx.data() + k0 / 4);
+    const __m512 sx = _mm512_loadu_ps(xs[t]->sx.data() + k0 / 4);
+    const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ch.u, xq));
+    acc[t] = _mm512_fmadd_ps(p, _mm512_mul_ps(ch.a, dx), acc[t]);
+    acc[t] = _mm512_fnmadd_ps(ch.b, sx, acc[t]);
+  }
+}
+
+void RowDot(QuantType type, const char* row, int64_t cols, const QuantizedRow* const* xs, int nt, float* out) {
+  __m512 acc[kMaxTokens];
+  for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+  switch (type) {
+    case QuantType::kQ8_0: {
+      const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
+      const int64_t nb = cols / 32;
+      for (int64_t i = 0; i < nb; i += 2) Accumulate(Q8_0Chunk(b + i, i + 1 < nb), xs, nt, 32 * i, acc);
+      break;
+    }
+    case QuantType::kQ4_0: {
+      const auto* b = reinterpret_cast<const BlockQ4_0*>(row);
+      const int64_t nb = cols / 32;
+      for (int64_t i = 0; i < nb; i += 2) Accumulate(Q4_0Chunk(b + i, i + 1 < nb), xs, nt, 32 * i, acc);
+      break;
+    }
+    case QuantType::kQ4_K: {
+      const auto* b = reinterpret_cast<const BlockQ4_K*>(row);
+      for (int64_t i = 0; i < cols / 256; ++i) {
+        const Q4KScales s = Q4KBlockScales(b[i]);
+        for (int c = 0; c < 4; ++c) Accumulate(Q4KChunk(b[i], s, c), xs, nt, 256 * i + 64 * c, acc);
+      }
+      break;
+    }
+    case QuantType::kQ6_K: {
+      const auto* b = reinterpret_cast<const BlockQ6_K*>(row);
+      for (int64_t i = 0; i < cols / 256; ++i) {
+        float a16[16];
+        const float d = Half(b[i].d);
+        for (int j = 0; j < 16; ++j) a16[j] = d * b[i].scales[j];
+        for (int c = 0; c < 4; ++c) Accumulate(Q6KChunk(b[i], a16, c), xs, nt, 256 * i + 64 * c, acc);
+      }
+      break;
+    }
+  }
+  for (int t = 0; t < nt; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+}  // namespace
+
+void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
+                     int64_t ldx, float* y, int64_t ldy) {
+  std::vector<QuantizedRow> xq(m);
+  for (int64_t t = 0; t < m; ++t) QuantizeActivations(x + t * ldx, cols, &xq[t]);
+  const int64_t rb = QuantRowBytes(type, cols);
+  for (int64_t t0 = 0; t0 < m; t0 += kMaxTokens) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxTokens, m - t0));
+    const QuantizedRow* xs[kMaxTokens];
+    for (int t = 0; t < nt; ++t) xs[t] = &xq[t0 + t];
+    for (int64_t n = 0; n < rows; ++n) {
+      float out[kMaxTokens];
+      RowDot(type, static_cast<const char*>(w) + n * rb, cols, xs, nt, out);
+      for (int t = 0; t < nt; ++t) y[(t0 + t) * ldy + n] = out[t];
+    }
+  }
+}
+
+}  // namespace kvferry::kernels

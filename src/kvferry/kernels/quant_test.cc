@@ -1,0 +1,223 @@
+#include "kvferry/kernels/quant.h"
+
+#include <cmath>
+#include <cstdio>
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kvferry/kernels/kernels.h"
+
+namespace kvferry::kernels {
+namespace {
+
+constexpr QuantType kTypes[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K};
+
+std::vector<float> Gaussian(int64_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+struct Quantized {
+  std::vector<uint8_t> bytes;
+  std::vector<float> back;
+};
+
+Quantized RoundTrip(QuantType t, const std::vector<float>& x) {
+  Quantized q;
+  q.bytes.assign(QuantRowBytes(t, static_cast<int64_t>(x.size())), 0xcd);
+  QuantizeRow(t, x.data(), static_cast<int64_t>(x.size()), q.bytes.data());
+  q.back.resize(x.size());
+  DequantizeRow(t, q.bytes.data(), static_cast<int64_t>(x.size()), q.back.data());
+  return q;
+}
+
+TEST(QuantTest, Sizes) {
+  EXPECT_EQ(QuantRowBytes(QuantType::kQ8_0, 896), 28 * 34);
+  EXPECT_EQ(QuantRowBytes(QuantType::kQ4_0, 64), 2 * 18);
+  EXPECT_EQ(QuantRowBytes(QuantType::kQ4_K, 512), 2 * 144);
+  EXPECT_EQ(QuantRowBytes(QuantType::kQ6_K, 4864), 19 * 210);
+  for (QuantType t : kTypes) {
+    auto p = ParseQuantType(QuantTypeName(t));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(*p, t);
+  }
+  EXPECT_EQ(*ParseQuantType("Q4_K"), QuantType::kQ4_K);
+  EXPECT_FALSE(ParseQuantType("q5_k").ok());
+}
+
+// Every element within the bound its block's stored scales give, and the bound itself small
+// relative to the data: the relative RMS error of N(0, 1) data per type.
+TEST(QuantTest, ErrorBoundsPerType) {
+  const double max_rel_rms[] = {0.01, 0.12, 0.12, 0.03};  // q8_0 q4_0 q4_k q6_k
+  int ti = 0;
+  for (QuantType t : kTypes) {
+    SCOPED_TRACE(QuantTypeName(t));
+    const auto x = Gaussian(4096, 7 + ti);
+    const Quantized q = RoundTrip(t, x);
+    double err2 = 0, x2 = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float bound = QuantErrorBound(t, q.bytes.data(), static_cast<int64_t>(i));
+      ASSERT_LE(std::fabs(q.back[i] - x[i]), bound * 1.0001f + 1e-6f) << "element " << i << " x=" << x[i];
+      err2 += (q.back[i] - x[i]) * (q.back[i] - x[i]);
+      x2 += x[i] * x[i];
+    }
+    const double rel = std::sqrt(err2 / x2);
+    std::printf("%s: relative RMS error %.4f on N(0,1)\n", QuantTypeName(t), rel);
+    EXPECT_LT(rel, max_rel_rms[ti]);
+    // And not suspiciously exact (the data is not representable).
+    EXPECT_GT(rel, max_rel_rms[ti] / 50);
+    ++ti;
+  }
+}
+
+// Quantizing what was dequantized changes nothing (up to the step, the grid is a fixed point for
+// the per-block types; the K types re-derive scales, so we check the error does not grow).
+TEST(QuantTest, RequantizeIsStable) {
+  for (QuantType t : kTypes) {
+    SCOPED_TRACE(QuantTypeName(t));
+    const auto x = Gaussian(1024, 99);
+    const Quantized a = RoundTrip(t, x);
+    const Quantized b = RoundTrip(t, a.back);
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_LE(std::fabs(b.back[i] - a.back[i]), QuantErrorBound(t, b.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-6f);
+    if (t == QuantType::kQ8_0 || t == QuantType::kQ4_0) {
+      EXPECT_EQ(a.bytes, b.bytes);
+    }
+  }
+}
+
+TEST(QuantTest, ZerosAndConstants) {
+  for (QuantType t : kTypes) {
+    SCOPED_TRACE(QuantTypeName(t));
+    const Quantized z = RoundTrip(t, std::vector<float>(512, 0.0f));
+    for (float v : z.back) ASSERT_EQ(v, 0.0f);
+    const Quantized c = RoundTrip(t, std::vector<float>(512, -0.75f));
+    for (size_t i = 0; i < c.back.size(); ++i)
+      ASSERT_NEAR(c.back[i], -0.75f, QuantErrorBound(t, c.bytes.data(), static_cast<int64_t>(i)) * 1.0001f);
+    // Large values (a row of a big embedding) and tiny ones keep their relative precision.
+    for (float scale : {300.0f, 1e-3f}) {
+      const auto x = Gaussian(512, 5, scale);
+      const Quantized q = RoundTrip(t, x);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_LE(std::fabs(q.back[i] - x[i]), QuantErrorBound(t, q.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-9f);
+    }
+  }
+}
+
+// Hand-built blocks decode the way ggml's dequantize_row_* does (the layouts are fixed by the
+// GGUF files llama.cpp writes; these literal blocks pin the bit positions).
+TEST(QuantTest, LayoutsMatchGgml) {
+  {
+    BlockQ8_0 b{};
+    b.d = F32ToF16(0.5f);
+    for (int i = 0; i < 32; ++i) b.qs[i] = static_cast<int8_t>(i - 16);
+    float y[32];
+    DequantizeRow(QuantType::kQ8_0, &b, 32, y);
+    for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.5f * (i - 16));
+  }
+  {
+    BlockQ4_0 b{};
+    b.d = F32ToF16(2.0f);
+    for (int j = 0; j < 16; ++j) b.qs[j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+    float y[32];
+    DequantizeRow(QuantType::kQ4_0, &b, 32, y);
+    for (int j = 0; j < 16; ++j) {
+      EXPECT_EQ(y[j], 2.0f * (j - 8));
+      EXPECT_EQ(y[j + 16], 2.0f * (7 - j));
+    }
+  }
+  {
+    // Q4_K: sub-block j has scale j + 1 (j < 4) or 40 + j (j >= 4, needing the high bits) and
+    // min 2j (j < 4) or 50 + j.
+    BlockQ4_K b{};
+    b.d = F32ToF16(1.0f);
+    b.dmin = F32ToF16(0.5f);
+    const int sc[8] = {1, 2, 3, 4, 44, 45, 46, 47}, mn[8] = {0, 2, 4, 6, 54, 55, 56, 57};
+    for (int j = 0; j < 4; ++j) {
+      b.scales[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+      b.scales[j + 4] = static_cast<uint8_t>(mn[j] | ((mn[j + 4] >> 4) << 6));
+      b.scales[j + 8] = static_cast<uint8_t>((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+    }
+    for (int i = 0; i < 128; ++i) b.qs[i] = static_cast<uint8_t>((i % 16) | (((i + 3) % 16) << 4));
+    float y[256];
+    DequantizeRow(QuantType::kQ4_K, &b, 256, y);
+    for (int e = 0; e < 256; ++e) {
+      const int j = e / 32, l = e % 32, byte = 32 * (j / 2) + l;
+      const int q = j % 2 == 0 ? byte % 16 : (byte + 3) % 16;
+      ASSERT_EQ(y[e], 1.0f * sc[j] * q - 0.5f * mn[j]) << e;
+    }
+  }
+  {
+    // Q6_K: element n*128 + l (+32, +64, +96) per ggml's loop: ql[l] low, ql[l+32] low,
+    // ql[l] high, ql[l+32] high; qh[l] bits 0-1, 2-3, 4-5, 6-7.
+    BlockQ6_K b{};
+    b.d = F32ToF16(0.25f);
+    for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(j - 8);
+    for (int i = 0; i < 128; ++i) b.ql[i] = static_cast<uint8_t>(i * 7 + 3);
+    for (int i = 0; i < 64; ++i) b.qh[i] = static_cast<uint8_t>(i * 13 + 1);
+    float y[256];
+    DequantizeRow(QuantType::kQ6_K, &b, 256, y);
+    for (int n = 0; n < 2; ++n)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t* ql = b.ql + 64 * n;
+        const uint8_t* qh = b.qh + 32 * n;
+        const int8_t* s = b.scales + 8 * n;
+        const int is = l / 16;
+        const int q1 = ((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        ASSERT_EQ(y[128 * n + l], 0.25f * s[is] * q1);
+        ASSERT_EQ(y[128 * n + l + 32], 0.25f * s[is + 2] * q2);
+        ASSERT_EQ(y[128 * n + l + 64], 0.25f * s[is + 4] * q3);
+        ASSERT_EQ(y[128 * n + l + 96], 0.25f * s[is + 6] * q4);
+      }
+  }
+}
+
+// The VNNI kernel (activations rounded to int8 per 32) against the exact product of the stored
+// weights: each output within the bound that rounding allows, sum_k |w_k| * amax(x block) / 254.
+TEST(QuantTest, MatMulMatchesReference) {
+  if (!QuantMatMulHasVnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU (QuantMatMul is the reference there)";
+  for (QuantType t : kTypes) {
+    for (int64_t cols : {96, 256, 512, 1280}) {
+      for (int64_t m : {1, 3, 6}) {
+        if (QuantBlockElems(t) == 256 && cols % 256 != 0) continue;
+        SCOPED_TRACE(std::string(QuantTypeName(t)) + " cols " + std::to_string(cols) + " m " + std::to_string(m));
+        const int64_t rows = 37;
+        const auto wf = Gaussian(rows * cols, 11 + cols);
+        std::vector<uint8_t> w(rows * QuantRowBytes(t, cols));
+        for (int64_t r = 0; r < rows; ++r)
+          QuantizeRow(t, wf.data() + r * cols, cols, w.data() + r * QuantRowBytes(t, cols));
+        auto x = Gaussian(m * cols, 5 + m, 2.0f);
+        x[3] = 40.0f;  // an outlier: its block gets a coarse scale
+        std::vector<float> y(m * rows), ref(m * rows);
+        QuantMatMul(t, w.data(), rows, cols, x.data(), m, cols, y.data(), rows);
+        QuantMatMulReference(t, w.data(), rows, cols, x.data(), m, cols, ref.data(), rows);
+        std::vector<float> deq(cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRow(t, w.data() + r * QuantRowBytes(t, cols), cols, deq.data());
+          for (int64_t i = 0; i < m; ++i) {
+            double bound = 0;
+            for (int64_t b = 0; b < cols; b += 32) {
+              float amax = 0;
+              for (int64_t k = b; k < b + 32; ++k) amax = std::max(amax, std::fabs(x[i * cols + k]));
+              for (int64_t k = b; k < b + 32; ++k) bound += std::fabs(deq[k]) * amax / 254.0;
+            }
+            ASSERT_NEAR(y[i * rows + r], ref[i * rows + r], bound * 1.01 + 1e-3) << "row " << r << " token " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvferry::kernels
