@@ -28,7 +28,7 @@ cleanup() {
   if [ "$mode" = netns ]; then
     for n in hub p d x; do ip netns del "$ns_tag-$n" 2>/dev/null; done
   fi
-  rm -rf "$work"
+  [ -n "${KVF_KEEP_LOGS:-}" ] && cp -r "$work" "$KVF_KEEP_LOGS"; rm -rf "$work"
 }
 trap cleanup EXIT
 fail() {
