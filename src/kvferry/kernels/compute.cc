@@ -10,10 +10,10 @@
 #include <thread>
 #include <vector>
 
-#include "kvferry/kernels/quant.h"
 #include "kvferry/kernels/gemm_library.h"
 #include "kvferry/kernels/kernel_table.h"
 #include "kvferry/kernels/kernels.h"
+#include "kvferry/kernels/quant.h"
 #include "kvferry/kernels/thread_team.h"
 
 namespace kvferry::kernels {
@@ -453,8 +453,10 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
       });
     }
     (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
-    if (m <= kGemvMaxM) p.gemv_bytes += bytes;
-    else p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    if (m <= kGemvMaxM)
+      p.gemv_bytes += bytes;
+    else
+      p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
     return;
   }
   if (m <= kGemvMaxM) {

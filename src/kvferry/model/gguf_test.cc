@@ -228,21 +228,17 @@ std::vector<Malformed> MalformedFiles() {
   m.push_back({"tensor shape overflow",
                Pad(Header(3, 1, 0) + TensorInfo("t", {uint64_t{1} << 40, uint64_t{1} << 40}, 0, 0), 0),
                "shape too large"});
-  m.push_back({"five dimensions", Pad(Header(3, 1, 0) + TensorInfo("t", {1, 1, 1, 1, 1}, 0, 0), 4),
-               "5 dimensions"});
-  m.push_back({"unknown tensor type", Pad(Header(3, 1, 0) + TensorInfo("t", {4}, 77, 0), 16),
-               "unknown ggml type 77"});
+  m.push_back({"five dimensions", Pad(Header(3, 1, 0) + TensorInfo("t", {1, 1, 1, 1, 1}, 0, 0), 4), "5 dimensions"});
+  m.push_back({"unknown tensor type", Pad(Header(3, 1, 0) + TensorInfo("t", {4}, 77, 0), 16), "unknown ggml type 77"});
   m.push_back({"row not a multiple of the block", Pad(Header(3, 1, 0) + TensorInfo("t", {40, 2}, 8, 0), 200),
                "not a multiple of Q8_0's block of 32"});
   m.push_back({"offset out of range", Pad(Header(3, 1, 0) + TensorInfo("t", {4}, 0, 1u << 20), 16),
                "ends past the end of the file"});
-  m.push_back({"misaligned offset", Pad(Header(3, 1, 0) + TensorInfo("t", {4}, 0, 4), 32),
-               "not a multiple of the alignment"});
+  m.push_back(
+      {"misaligned offset", Pad(Header(3, 1, 0) + TensorInfo("t", {4}, 0, 4), 32), "not a multiple of the alignment"});
   m.push_back({"overlapping tensors",
-               Pad(Header(3, 2, 0) + TensorInfo("t", {16}, 0, 0) + TensorInfo("u", {16}, 0, 32), 128),
-               "overlap"});
-  m.push_back({"duplicate tensor",
-               Pad(Header(3, 2, 0) + TensorInfo("t", {4}, 0, 0) + TensorInfo("t", {4}, 0, 32), 64),
+               Pad(Header(3, 2, 0) + TensorInfo("t", {16}, 0, 0) + TensorInfo("u", {16}, 0, 32), 128), "overlap"});
+  m.push_back({"duplicate tensor", Pad(Header(3, 2, 0) + TensorInfo("t", {4}, 0, 0) + TensorInfo("t", {4}, 0, 32), 64),
                "appears twice"});
   {
     std::string s = Header(3, 0, 1);

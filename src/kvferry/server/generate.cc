@@ -77,7 +77,7 @@ class Call {
   bool first_token KVF_GUARDED_BY(mu) = false;
   int cached_tokens KVF_GUARDED_BY(mu) = 0;
   std::vector<std::string> early KVF_GUARDED_BY(mu);  // stream bytes produced before `started`
-  std::string early_text KVF_GUARDED_BY(mu);  // responses: text produced before `started`
+  std::string early_text KVF_GUARDED_BY(mu);          // responses: text produced before `started`
 };
 
 namespace {

@@ -116,11 +116,13 @@ TEST(ShmMapTest, CopiesThroughTheMappingWithTheSameBounds) {
   }
   TransferStats st = p.init->GetStats();
   EXPECT_EQ(st.bytes_mapped, st.bytes_written + st.bytes_read);  // all of it through the mapping
-  EXPECT_EQ(p.target->GetStats().served_bytes_in, 0u);          // none through the target's socket
+  EXPECT_EQ(p.target->GetStats().served_bytes_in, 0u);           // none through the target's socket
   // Out of range by one byte at either end, and the unregistered bytes of the same memfd page:
   // the target refuses them as it always did, and they stay untouched.
-  for (auto [addr, len] : {std::pair<uint64_t, uint64_t>{remote + kLen - 100, 101}, {remote - 1, 10},
-                           {remote - 5, 1}, {remote + kLen, 1}}) {
+  for (auto [addr, len] : {std::pair<uint64_t, uint64_t>{remote + kLen - 100, 101},
+                           {remote - 1, 10},
+                           {remote - 5, 1},
+                           {remote + kLen, 1}}) {
     TransferRequest w{Op::kWrite, src, p.seg, addr, len};
     EXPECT_EQ(p.init->Transfer({&w, 1}).code(), StatusCode::kPermissionDenied) << addr - remote;
     TransferRequest r{Op::kRead, dst, p.seg, addr, len};
@@ -147,12 +149,13 @@ TEST(ShmMapTest, LargeBatchesGoThroughTheMappingOnTheLanes) {
   ASSERT_TRUE(p.init->Transfer(big).ok());
   ASSERT_EQ(std::memcmp(p.registered, src, kLen), 0);
   std::vector<TransferRequest> back;
-  for (size_t off = 0; off < kLen; off += kLen / 8) back.push_back({Op::kRead, dst + off, p.seg, remote + off, kLen / 8});
+  for (size_t off = 0; off < kLen; off += kLen / 8)
+    back.push_back({Op::kRead, dst + off, p.seg, remote + off, kLen / 8});
   ASSERT_TRUE(p.init->Transfer(back).ok());
   ASSERT_EQ(std::memcmp(dst, src, kLen), 0);
   TransferStats st = p.init->GetStats();
   EXPECT_EQ(st.bytes_mapped, st.bytes_written + st.bytes_read);  // all of it through the mapping
-  EXPECT_EQ(p.target->GetStats().served_bytes_in, 0u);          // none through the target's socket
+  EXPECT_EQ(p.target->GetStats().served_bytes_in, 0u);           // none through the target's socket
   EXPECT_TRUE(OutsideUntouched(p));
 }
 
