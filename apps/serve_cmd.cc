@@ -71,9 +71,7 @@ int ServeHeadless(const ServeArgs& a, const DataParallelPlan& dp, std::vector<Ra
   char name[256] = {};
   if (wildcard) ::gethostname(name, sizeof(name) - 1);
   ho.instance = wildcard ? std::string(name) : a.host;
-  // The worker's address says where this instance is better than a host name.
-  if (wildcard && !ranks.empty() && ranks[0].conn && !ranks[0].conn->worker_endpoint().empty())
-    ho.instance = ranks[0].conn->worker_endpoint();
+
   for (size_t i = 0; i < ranks.size(); ++i)
     ho.ranks.push_back({dp.start_rank + static_cast<int>(i), ranks[i].engine.get(), ranks[i].conn.get()});
   StatusOr<std::unique_ptr<dp::RankHost>> host = dp::RankHost::Start(ho);

@@ -381,7 +381,7 @@ class ServerImpl final : public RankServer {
       RemoteRank& rr = *ranks_[Index(static_cast<int>(hr.dp_rank))];
       MutexLock l(rr.mu);
       rr.link = link;
-      rr.instance = fmt::format("{} ({})", h.instance, link->peer());
+      rr.instance = h.instance.empty() ? link->peer() : fmt::format("{} at {}", h.instance, link->peer());
       rr.info = hr;
       rr.stats = Stats{};
       if (rr.engine_id.empty()) {
