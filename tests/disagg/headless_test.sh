@@ -2,17 +2,18 @@
 # Headless data-parallel ranks across two "machines" (network namespaces this script creates and
 # removes): a master prefiller on 10.232.0.2 (`--data-parallel-size 2 --data-parallel-size-local
 # 1`, rank 0 and the API server), a headless prefiller on 10.232.0.3 (`--headless
-# --data-parallel-start-rank 1 --data-parallel-address 10.232.0.2`), a decoder on 10.232.0.4
-# (kv_load_failure_policy fail), and `kvferry proxy` plus a colocated reference on 10.232.0.1.
+# --data-parallel-start-rank 1 --data-parallel-address 10.232.0.2`), two decoders on 10.232.0.4
+# (kv_load_failure_policy fail behind the proxy; recompute, sent decode legs directly), and `kvferry proxy` plus a colocated reference on 10.232.0.1.
 #   1. /query lists both ranks with their worker addresses (rank 1's on the headless host); greedy
 #      answers through the proxy equal the colocated ones token for token (20 prompt lengths,
 #      streaming and not, and chat); both prefiller ranks did work (per-rank /metrics).
 #   2. The headless instance is killed (kill -9) while 16 long streams run on rank 1 (pinned with
 #      X-data-parallel-rank) and 12 proxied requests are in flight: every request ends within 35 s
 #      (pinned ones with an error naming rank 1, proxied ones with the colocated answer or an
-#      error); /health is 503 naming rank 1 and /query lists rank 0 only; rank 0 keeps serving (a
+#      error; decode legs on the recompute decoder whose KV was on rank 1 with the colocated answer);
+#      /health is 503 naming rank 1 and /query lists rank 0 only; rank 0 keeps serving (a
 #      plain request, and a prefill/decode pair pinned to rank 0, equal colocated); KV blocks in
-#      use return to zero on the master, the decoder and the colocated server.
+#      use return to zero on the master, the decoders and the colocated server.
 #   3. The headless instance restarted rejoins under the same engine_id, /health is 200 again and
 #      rank 1 takes work through the proxy again (KV transfers from rank 1, answers equal colocated).
 #
@@ -73,8 +74,10 @@ start_in master "${in_p[@]}" -- serve "$work/m" --port 8010 "${common[@]}" --dat
   --data-parallel-size-local 1 --data-parallel-address "$PH" --kv-transfer-config "$p_cfg"
 start_in headless "${in_h[@]}" -- "${headless_cmd[@]}"
 start_in decode "${in_d[@]}" -- serve "$work/m" --port 8020 "${common[@]}" --kv-transfer-config "$d_cfg"
+start_in decode_recompute "${in_d[@]}" -- serve "$work/m" --port 8021 "${common[@]}" --kv-transfer-config \
+  '{"kv_connector":"MooncakeConnector","kv_role":"kv_consumer","kv_load_failure_policy":"recompute"}'
 start_in proxy "${in_x[@]}" -- proxy --prefill "http://$PH:8010" 8998 --decode "http://$DH:8020" --port 8000
-P="http://$PH:8010" D="http://$DH:8020" C="http://$XH:8030" X="http://127.0.0.1:8000" BOOT="http://$PH:8998"
+P="http://$PH:8010" D="http://$DH:8020" DR="http://$DH:8021" C="http://$XH:8030" X="http://127.0.0.1:8000" BOOT="http://$PH:8998"
 
 # Everything below runs from the proxy's host (x).
 xcurl() { "${in_x[@]}" curl "$@"; }
@@ -111,7 +114,7 @@ wait_total() {  # wait_total URL NAME VALUE SECONDS
   echo "  $1 $2 = $v after $4 s (want $3)"
   return 1
 }
-for u in "$C" "$P" "$D" "$X"; do wait_healthy "$u" 120 || die "$u not healthy within 120 s"; done
+for u in "$C" "$P" "$D" "$DR" "$X"; do wait_healthy "$u" 120 || die "$u not healthy within 120 s"; done
 
 failures=0
 note() { echo "  not: $*"; failures=$((failures + 1)); }
@@ -236,6 +239,19 @@ for _ in $(seq 300); do
   [ "$started" = 16 ] && break
   sleep 0.05
 done
+# And 4 prefill/decode pairs on rank 1, the decode legs on the "recompute" decoder (as a router
+# would send them): whatever the kill catches, their answers must equal colocated.
+for i in 1 2 3 4; do
+  pkv='{"do_remote_decode":true,"do_remote_prefill":false,"transfer_id":"xfer-rc-'$i'"}'
+  dkv='{"do_remote_prefill":true,"do_remote_decode":false,"transfer_id":"xfer-rc-'$i'","remote_bootstrap_addr":"'"$BOOT"'","remote_engine_id":"'"$engine1"'","remote_dp_rank":1}'
+  xcurl -s --max-time 120 -o /dev/null -H 'X-data-parallel-rank: 1' -H 'Content-Type: application/json' \
+    -d "$(body $((800 + i)) 2000 false 1 "$pkv")" "$P/v1/completions" &
+  cpids+=($!)
+  xcurl -s -N --max-time 120 -o "$work/rc$i.out" -H 'Content-Type: application/json' \
+    -d "$(body $((800 + i)) 2000 "$([ $i -le 2 ] && echo true || echo false)" 12 "$dkv")" "$DR/v1/completions" &
+  cpids+=($!)
+done
+sleep 0.3
 kill -KILL "$pid_headless"
 wait "$pid_headless" 2>/dev/null
 t_kill=$(now)
@@ -265,6 +281,11 @@ for i in $(seq 12); do
 done
 echo "proxied requests: $ok answered correctly, $err got an error, slowest ended after $(sort -g "$work"/x*.time | tail -1) s"
 
+for i in 1 2 3 4; do
+  a=$(answer "$work/rc$i.out")
+  [ "$a" = "$(reference $((800 + i)) 2000 12)" ] || note "recompute decode leg $i: '${a:0:200}' differs from colocated"
+done
+echo "recompute decoder: 4 decode legs whose KV was on rank 1 answered, failed loads counted: $(metric "$DR" kvferry:kv_receive_failed_total)"
 code=$(xcurl -s -o "$work/health.out" -w '%{http_code}' --max-time 5 "$P/health")
 echo "master /health with rank 1 gone: $code $(cat "$work/health.out")"
 [ "$code" = 503 ] && grep -q 'data-parallel rank 1' "$work/health.out" || note "master /health should be 503 naming rank 1"
@@ -292,7 +313,7 @@ xcurl -s --max-time 60 -H 'Content-Type: application/json' -d "$(body 720 300 fa
 wait $ppid
 [ "$(answer "$work/d0.out")" = "$(reference 720 300 12)" ] ||
   note "prefill/decode pair on rank 0 after the kill: $(answer "$work/d0.out" | cut -c1-200)"
-for u in "$P" "$D" "$C"; do
+for u in "$P" "$D" "$DR" "$C"; do
   wait_total "$u" kvferry:kv_blocks_used 0 15 || note "$u KV blocks in use not back to 0"
 done
 [ "$(http_code "$D/health")" = 200 ] || note "the decoder is unhealthy after the kill"
@@ -324,7 +345,7 @@ for _ in $(seq 50); do
 done
 echo "rank 1 KV transfers after the restart: $sent_before -> $sent_after"
 [ "$sent_after" -gt "$sent_before" ] || note "rank 1 took no work after rejoining"
-for u in "$P" "$D" "$C"; do
+for u in "$P" "$D" "$DR" "$C"; do
   wait_total "$u" kvferry:kv_blocks_used 0 15 || note "$u KV blocks in use not back to 0 at the end"
 done
 

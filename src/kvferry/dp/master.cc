@@ -407,8 +407,12 @@ class ServerImpl final : public RankServer {
       if (it == links_.end()) return;
       ranks = std::move(it->second.ranks);
       it->second.ranks.clear();
-      it->second.closed_seen = true;
     }
+    // Only once no rank points at the link any more may Reap destroy it.
+    auto done = [&] {
+      MutexLock l(mu_);
+      if (auto it = links_.find(key); it != links_.end()) it->second.closed_seen = true;
+    };
     for (int r : ranks) {
       RemoteRank& rr = *ranks_[Index(r)];
       std::map<std::string, std::shared_ptr<engine::OutputCallback>> lost;
@@ -437,6 +441,7 @@ class ServerImpl final : public RankServer {
         (*cb)(out);
       }
     }
+    done();
   }
 
   const RankServerOptions o_;
