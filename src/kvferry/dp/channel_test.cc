@@ -182,7 +182,7 @@ TEST_F(Channel, NotJoinedRankRefusesRequests) {
   Status st = server_->engine(1)->Add(Spec("a", 3), sink.Callback());
   EXPECT_EQ(st.code(), StatusCode::kUnavailable);
   EXPECT_NE(st.message().find("data-parallel rank 1"), std::string::npos) << st.ToString();
-  EXPECT_EQ(server_->engine(0), nullptr);  // rank 0 is local, not the server's
+  EXPECT_EQ(server_->engine(0), nullptr);     // rank 0 is local, not the server's
   EXPECT_EQ(server_->connector(1), nullptr);  // colocated: no connector stand-in
 }
 
@@ -190,7 +190,7 @@ TEST_F(Channel, RequestsRunOnTheHeadlessRankAndStatsComeBack) {
   FakeEngine remote;
   auto host = Join(&remote);
   ASSERT_TRUE(WaitFor([&] { return server_->RankUp(1).ok(); })) << server_->RankUp(1).ToString();
-  EXPECT_TRUE(host->joined());
+  EXPECT_TRUE(WaitFor([&] { return host->joined(); }));  // the welcome may still be on its way
   Sink a, b;
   ASSERT_TRUE(server_->engine(1)->Add(Spec("a", 5), a.Callback()).ok());
   ASSERT_TRUE(server_->engine(1)->Add(Spec("b", 7), b.Callback()).ok());
@@ -250,7 +250,8 @@ TEST_F(Channel, WrongRankOrModelIsRefusedForGood) {
   FakeEngine remote;
   auto host = Join(&remote, /*rank=*/2);
   ASSERT_TRUE(WaitFor([&] { return !host->fatal().ok(); }));
-  EXPECT_NE(host->fatal().message().find("rank 2 is not a headless rank"), std::string::npos) << host->fatal().ToString();
+  EXPECT_NE(host->fatal().message().find("rank 2 is not a headless rank"), std::string::npos)
+      << host->fatal().ToString();
   FakeEngine other(/*vocab=*/50);
   auto host2 = Join(&other);
   ASSERT_TRUE(WaitFor([&] { return !host2->fatal().ok(); }));

@@ -68,7 +68,7 @@ struct RankHostOptions {
   int master_port = 29550;  // --data-parallel-rpc-port
   struct Rank {
     int dp_rank = 0;
-    engine::Engine* engine = nullptr;          // required
+    engine::Engine* engine = nullptr;           // required
     connector::Connector* connector = nullptr;  // null: colocated
   };
   std::vector<Rank> ranks;

@@ -31,9 +31,10 @@ class Fields {
     const json* v = Find(key, required);
     if (v == nullptr) return def;
     if (!v->is_number_integer()) return Fail(fmt::format("'{}' must be an integer", key)), def;
-    int64_t x = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
-                    ? std::numeric_limits<int64_t>::max()
-                    : v->get<int64_t>();
+    int64_t x =
+        v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
+            ? std::numeric_limits<int64_t>::max()
+            : v->get<int64_t>();
     if (x < lo || x > hi) return Fail(fmt::format("'{}' = {} is out of range [{}, {}]", key, x, lo, hi)), def;
     return x;
   }
@@ -103,7 +104,9 @@ class Fields {
 
 constexpr int64_t kMaxRank = 1 << 20;
 
-json StatusJson(const Status& st) { return {{"code", static_cast<int>(st.code())}, {"msg", st.message()}}; }
+json StatusJson(const Status& st) {
+  return {{"code", static_cast<int>(st.code())}, {"msg", st.message()}};
+}
 
 Status StatusOf(Fields& f, const char* key) {
   const json* s = f.Object(key, false);
@@ -176,10 +179,12 @@ engine::SamplingParams SamplingOf(Fields& outer, const json& j) {
   return p;
 }
 
-const char* const kStatsNames[] = {"num_running",         "num_waiting",           "num_waiting_remote",
-                                   "blocks_total",        "blocks_used",           "blocks_held",
-                                   "prefix_cache_queries", "prefix_cache_hits",    "prompt_tokens_total",
-                                   "generation_tokens_total", "preemptions_total", "requests_finished_total",
+const char* const kStatsNames[] = {"num_running",          "num_waiting",
+                                   "num_waiting_remote",   "blocks_total",
+                                   "blocks_used",          "blocks_held",
+                                   "prefix_cache_queries", "prefix_cache_hits",
+                                   "prompt_tokens_total",  "generation_tokens_total",
+                                   "preemptions_total",    "requests_finished_total",
                                    "steps_total"};
 
 struct Encoder {
@@ -238,12 +243,18 @@ struct Encoder {
   }
   json operator()(const Stats& s) const {
     const engine::EngineStats& e = s.engine;
-    const uint64_t v[] = {static_cast<uint64_t>(e.num_running),  static_cast<uint64_t>(e.num_waiting),
-                          static_cast<uint64_t>(e.num_waiting_remote), static_cast<uint64_t>(e.blocks_total),
-                          static_cast<uint64_t>(e.blocks_used),  static_cast<uint64_t>(e.blocks_held),
-                          e.prefix_cache_queries,                e.prefix_cache_hits,
-                          e.prompt_tokens_total,                 e.generation_tokens_total,
-                          e.preemptions_total,                   e.requests_finished_total,
+    const uint64_t v[] = {static_cast<uint64_t>(e.num_running),
+                          static_cast<uint64_t>(e.num_waiting),
+                          static_cast<uint64_t>(e.num_waiting_remote),
+                          static_cast<uint64_t>(e.blocks_total),
+                          static_cast<uint64_t>(e.blocks_used),
+                          static_cast<uint64_t>(e.blocks_held),
+                          e.prefix_cache_queries,
+                          e.prefix_cache_hits,
+                          e.prompt_tokens_total,
+                          e.generation_tokens_total,
+                          e.preemptions_total,
+                          e.requests_finished_total,
                           e.steps_total};
     json eng = json::object();
     for (size_t i = 0; i < std::size(kStatsNames); ++i) eng[kStatsNames[i]] = v[i];
@@ -256,7 +267,8 @@ struct Encoder {
 
 Status StatusFromWire(int64_t code, std::string message) {
   if (code == 0) return Status::Ok();
-  if (code < 1 || code > static_cast<int64_t>(StatusCode::kUnauthenticated)) code = static_cast<int>(StatusCode::kUnknown);
+  if (code < 1 || code > static_cast<int64_t>(StatusCode::kUnauthenticated))
+    code = static_cast<int>(StatusCode::kUnknown);
   return Status(static_cast<StatusCode>(code), std::move(message));
 }
 
@@ -341,8 +353,8 @@ StatusOr<Message> DecodeMessage(std::string_view payload) {
     o.request_id = f.Str("id", true);
     o.new_tokens = f.Ints("tokens");
     o.finished = f.Bool("finished");
-    o.finish_reason = static_cast<engine::FinishReason>(
-        f.Int("reason", 0, false, 0, static_cast<int>(engine::FinishReason::kError)));
+    o.finish_reason =
+        static_cast<engine::FinishReason>(f.Int("reason", 0, false, 0, static_cast<int>(engine::FinishReason::kError)));
     o.num_prompt_tokens = static_cast<int>(f.Int("prompt_tokens", 0, false, 0, std::numeric_limits<int32_t>::max()));
     o.num_cached_tokens = static_cast<int>(f.Int("cached_tokens", 0, false, 0, std::numeric_limits<int32_t>::max()));
     o.error = StatusOf(f, "error");
@@ -424,7 +436,8 @@ StatusOr<std::optional<std::string>> FrameReader::Next() {
   const auto* p = reinterpret_cast<const unsigned char*>(buf_.data() + pos_);
   const uint32_t n = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
   if (n == 0) return InvalidArgumentError("dp channel: a frame of length 0");
-  if (n > max_) return InvalidArgumentError(fmt::format("dp channel: a frame of {} bytes exceeds the {} byte limit", n, max_));
+  if (n > max_)
+    return InvalidArgumentError(fmt::format("dp channel: a frame of {} bytes exceeds the {} byte limit", n, max_));
   if (buf_.size() - pos_ < 4 + static_cast<size_t>(n)) return std::optional<std::string>();
   std::string payload = buf_.substr(pos_ + 4, n);
   pos_ += 4 + n;

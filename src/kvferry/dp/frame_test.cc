@@ -125,10 +125,12 @@ TEST(Frame, MalformedMessagesAreClearErrors) {
       {R"({"t":"add","dp_rank":1,"prompt":[1],"sampling":{}})", "'id' is missing"},
       {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1]})", "'sampling' is missing"},
       {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1],"sampling":{"max_tokens":0}})", "'max_tokens' = 0"},
-      {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1],"sampling":{"temperature":"hot"}})", "'temperature' must be a number"},
+      {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1],"sampling":{"temperature":"hot"}})",
+       "'temperature' must be a number"},
       {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1],"sampling":{},"role":9})", "'role' = 9"},
       {R"({"t":"add","dp_rank":1,"id":"a","prompt":[1],"sampling":{},"kv":[]})", "'kv' must be an object"},
-      {R"({"t":"out","dp_rank":1,"id":"a","tokens":[1],"logprobs":[{"token":1,"top":[[1]]}]})", "[token, logprob] pairs"},
+      {R"({"t":"out","dp_rank":1,"id":"a","tokens":[1],"logprobs":[{"token":1,"top":[[1]]}]})",
+       "[token, logprob] pairs"},
       {R"({"t":"out","dp_rank":1,"id":"a","tokens":[1,2],"logprobs":[{"token":1}]})", "one entry per token"},
       {R"({"t":"out","dp_rank":1,"id":"a","error":{"msg":"x"}})", "'code' is missing"},
       {R"({"t":"hello","version":1,"ranks":[]})", "1 to 1024 ranks"},
@@ -145,7 +147,8 @@ TEST(Frame, MalformedMessagesAreClearErrors) {
 }
 
 TEST(Frame, UnknownStatusCodesBecomeUnknown) {
-  StatusOr<Message> m = DecodeMessage(R"({"t":"out","dp_rank":0,"id":"a","finished":true,"reason":4,"error":{"code":999,"msg":"m"}})");
+  StatusOr<Message> m =
+      DecodeMessage(R"({"t":"out","dp_rank":0,"id":"a","finished":true,"reason":4,"error":{"code":999,"msg":"m"}})");
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(std::get<OutputMsg>(*m).out.error.code(), StatusCode::kUnknown);
   // An error finish without a status still carries one.
@@ -199,7 +202,9 @@ struct LinkFixture {
     link.reset();
     ::close(raw);
   }
-  void Write(const std::string& bytes) { ASSERT_EQ(::write(raw, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size())); }
+  void Write(const std::string& bytes) {
+    ASSERT_EQ(::write(raw, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  }
   Status WaitClosed() {
     auto f = closed.get_future();
     EXPECT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);

@@ -17,7 +17,9 @@ class HostImpl final : public RankHost {
   explicit HostImpl(const RankHostOptions& o) : o_(o) {}
   ~HostImpl() override { Stop(); }
 
-  void Begin() { loop_ = std::thread([this] { Loop(); }); }
+  void Begin() {
+    loop_ = std::thread([this] { Loop(); });
+  }
 
   bool joined() const override {
     MutexLock l(mu_);
@@ -207,7 +209,8 @@ class HostImpl final : public RankHost {
         if (refusal_) {
           const Refuse r = *refusal_;
           if (r.final) {
-            fatal_ = FailedPreconditionError(fmt::format("the master at {} refused this instance: {}", where, r.message));
+            fatal_ =
+                FailedPreconditionError(fmt::format("the master at {} refused this instance: {}", where, r.message));
             KVF_LOG_ERROR("headless: {}", fatal_.ToString());
           } else {
             KVF_LOG_WARN("headless: the master at {} refused this instance for now: {}; retrying", where, r.message);

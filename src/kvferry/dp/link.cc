@@ -56,8 +56,8 @@ Status Link::Send(const Message& m) {
     MutexLock l(mu_);
     if (closed_) return UnavailableError(fmt::format("the channel to {} is closed: {}", options_.peer, why_.message()));
     if (frame.size() > options_.max_frame_bytes + 4) {
-      return ResourceExhaustedError(
-          fmt::format("a message of {} bytes exceeds the channel's {} byte frame limit", frame.size(), options_.max_frame_bytes));
+      return ResourceExhaustedError(fmt::format("a message of {} bytes exceeds the channel's {} byte frame limit",
+                                                frame.size(), options_.max_frame_bytes));
     }
     if (queued_bytes_ + frame.size() <= options_.max_queued_bytes) {
       queued_bytes_ += frame.size();
@@ -65,9 +65,10 @@ Status Link::Send(const Message& m) {
       cv_.NotifyAll();
       return Status::Ok();
     }
-    full = ResourceExhaustedError(fmt::format("the channel to {} has {} bytes queued unsent (limit {}): the peer does "
-                                              "not read",
-                                              options_.peer, queued_bytes_, options_.max_queued_bytes));
+    full =
+        ResourceExhaustedError(fmt::format("the channel to {} has {} bytes queued unsent (limit {}): the peer does "
+                                           "not read",
+                                           options_.peer, queued_bytes_, options_.max_queued_bytes));
   }
   Close(full);
   return full;
@@ -93,8 +94,9 @@ void Link::ReadLoop() {
     }
     if (r <= 0) {
       if (idle.Expired()) {
-        why = DeadlineExceededError(fmt::format("nothing from {} for {} ms (peer hung or unreachable)", options_.peer,
-                                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.idle_timeout).count()));
+        why = DeadlineExceededError(
+            fmt::format("nothing from {} for {} ms (peer hung or unreachable)", options_.peer,
+                        std::chrono::duration_cast<std::chrono::milliseconds>(options_.idle_timeout).count()));
       }
       continue;
     }
@@ -147,8 +149,9 @@ bool Link::WriteAll(const std::string& bytes) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       if (stall.Expired()) {
-        Close(DeadlineExceededError(fmt::format("{} has not read from the channel for {} ms", options_.peer,
-                                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.idle_timeout).count())));
+        Close(DeadlineExceededError(
+            fmt::format("{} has not read from the channel for {} ms", options_.peer,
+                        std::chrono::duration_cast<std::chrono::milliseconds>(options_.idle_timeout).count())));
         return false;
       }
       pollfd p{fd_, POLLOUT, 0};
@@ -156,7 +159,8 @@ bool Link::WriteAll(const std::string& bytes) {
       if (closed()) return false;
       continue;
     }
-    Close(UnavailableError(fmt::format("the channel to {}: {}", options_.peer, n < 0 ? std::strerror(errno) : "closed")));
+    Close(
+        UnavailableError(fmt::format("the channel to {}: {}", options_.peer, n < 0 ? std::strerror(errno) : "closed")));
     return false;
   }
   return true;

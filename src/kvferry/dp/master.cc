@@ -31,8 +31,8 @@ struct RemoteRank {
   Stats stats KVF_GUARDED_BY(mu);
   std::map<std::string, std::shared_ptr<engine::OutputCallback>> inflight KVF_GUARDED_BY(mu);
   std::map<std::string, connector::RequestKvParams> begun KVF_GUARDED_BY(mu);  // BeginRequest → Add
-  std::string engine_id KVF_GUARDED_BY(mu);  // fixed at the first join
-  connector::KvTransferConfig config;        // written at the first join under mu; read after RankUp
+  std::string engine_id KVF_GUARDED_BY(mu);                                    // fixed at the first join
+  connector::KvTransferConfig config;  // written at the first join under mu; read after RankUp
 };
 
 Status NotUp(int rank, const std::string& why) {
@@ -166,7 +166,8 @@ class ServerImpl final : public RankServer {
       auto rr = std::make_unique<RemoteRank>();
       rr->dp_rank = r;
       engines_.push_back(std::make_unique<RemoteEngine>(rr.get(), o.model_engine));
-      if (o.kv_config) connectors_.push_back(std::make_unique<RemoteConnector>(rr.get(), *o.kv_config, o.bootstrap_owner));
+      if (o.kv_config)
+        connectors_.push_back(std::make_unique<RemoteConnector>(rr.get(), *o.kv_config, o.bootstrap_owner));
       ranks_.push_back(std::move(rr));
     }
   }
@@ -235,9 +236,7 @@ class ServerImpl final : public RankServer {
     bool closed_seen = false;  // OnClose ran: nothing calls back any more
   };
 
-  int Index(int r) const {
-    return r >= o_.first_remote_rank && r < o_.dp_size ? r - o_.first_remote_rank : -1;
-  }
+  int Index(int r) const { return r >= o_.first_remote_rank && r < o_.dp_size ? r - o_.first_remote_rank : -1; }
 
   void AcceptLoop() {
     SetCurrentThreadName("kvf-dp-accept");
@@ -272,7 +271,8 @@ class ServerImpl final : public RankServer {
       const uint64_t key = ++next_key_;
       // The callbacks find the link by key: it is in links_ before its reader can call them (mu_ is held).
       links_[key].link = Link::Start(
-          fd, lo, [this, key](const Message& m) { OnMessage(key, m); }, [this, key](const Status& why) { OnClose(key, why); });
+          fd, lo, [this, key](const Message& m) { OnMessage(key, m); },
+          [this, key](const Status& why) { OnClose(key, why); });
     }
   }
 
@@ -307,7 +307,9 @@ class ServerImpl final : public RankServer {
     if (const auto* h = std::get_if<Hello>(&m)) return OnHello(key, link, joined, *h);
     auto owns = [&](int64_t r) { return std::find(joined.begin(), joined.end(), r) != joined.end(); };
     if (const auto* out = std::get_if<OutputMsg>(&m)) {
-      if (!owns(out->dp_rank)) return link->Close(InvalidArgumentError(fmt::format("an output for rank {}, which this channel has not joined", out->dp_rank)));
+      if (!owns(out->dp_rank))
+        return link->Close(InvalidArgumentError(
+            fmt::format("an output for rank {}, which this channel has not joined", out->dp_rank)));
       RemoteRank& rr = *ranks_[Index(static_cast<int>(out->dp_rank))];
       std::shared_ptr<engine::OutputCallback> cb;
       {
@@ -338,7 +340,8 @@ class ServerImpl final : public RankServer {
     };
     if (!joined.empty()) return link->Close(InvalidArgumentError("dp channel: a second hello"));
     if (h.version != kProtocolVersion)
-      return refuse(fmt::format("channel protocol version {} (the master speaks {})", h.version, kProtocolVersion), true);
+      return refuse(fmt::format("channel protocol version {} (the master speaks {})", h.version, kProtocolVersion),
+                    true);
     const model::ModelConfig& mc = o_.model_engine->model_config();
     for (const HelloRank& hr : h.ranks) {
       const int r = static_cast<int>(hr.dp_rank);
@@ -357,9 +360,11 @@ class ServerImpl final : public RankServer {
                       true);
       }
       if (o_.kv_config && hr.engine_id.empty())
-        return refuse(fmt::format("rank {} has no KV connector, but the master runs with --kv-transfer-config", r), true);
+        return refuse(fmt::format("rank {} has no KV connector, but the master runs with --kv-transfer-config", r),
+                      true);
       if (!o_.kv_config && !hr.engine_id.empty())
-        return refuse(fmt::format("rank {} has a KV connector, but the master runs without --kv-transfer-config", r), true);
+        return refuse(fmt::format("rank {} has a KV connector, but the master runs without --kv-transfer-config", r),
+                      true);
       RemoteRank& rr = *ranks_[Index(r)];
       MutexLock l(rr.mu);
       if (rr.link != nullptr)
@@ -426,18 +431,20 @@ class ServerImpl final : public RankServer {
         rr.begun.clear();
         rr.stats = Stats{};
       }
-      KVF_LOG_WARN("serve: data-parallel rank {} is out of service ({} request(s) in flight fail): headless instance {} "
-                   "left: {}",
-                   r, lost.size(), instance, why.ToString());
+      KVF_LOG_WARN(
+          "serve: data-parallel rank {} is out of service ({} request(s) in flight fail): headless instance {} "
+          "left: {}",
+          r, lost.size(), instance, why.ToString());
       if (o_.bootstrap_owner != nullptr) o_.bootstrap_owner->DropWorkers(r);
       for (auto& [id, cb] : lost) {
         engine::Output out;
         out.request_id = id;
         out.finished = true;
         out.finish_reason = engine::FinishReason::kError;
-        out.error = UnavailableError(fmt::format("data-parallel rank {} (headless instance {}) was lost while running "
-                                                 "this request: {}",
-                                                 r, instance, why.message()));
+        out.error =
+            UnavailableError(fmt::format("data-parallel rank {} (headless instance {}) was lost while running "
+                                         "this request: {}",
+                                         r, instance, why.message()));
         (*cb)(out);
       }
     }
