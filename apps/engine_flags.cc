@@ -42,14 +42,19 @@ void AddDataParallelFlags(CLI::App* app, DataParallelFlags* f) {
                   "Data-parallel engine ranks in all, each with its own KV cache, compute threads and connector "
                   "worker, behind one API server (default 1)");
   app->add_option("--data-parallel-size-local", f->size_local,
-                  "Data-parallel ranks run on this node (default: --data-parallel-size)");
+                  "Data-parallel ranks run on this node (default: all the ranks from --data-parallel-start-rank on). "
+                  "On the master, fewer than --data-parallel-size: the others are headless ranks that join it");
   app->add_option("--data-parallel-start-rank", f->start_rank,
-                  "The first data-parallel rank this node runs (default 0; > 0 on headless nodes)");
+                  "The first data-parallel rank this node runs (default 0; >= 1 with --headless)");
   app->add_option("--data-parallel-address", f->address,
-                  "Address of the master node (rank 0, the API server) that headless ranks join");
+                  "The master node's address: where headless nodes connect (required with --headless); on the "
+                  "master, the address its channel for headless ranks listens on (default: every interface)");
   app->add_option("--data-parallel-rpc-port", f->rpc_port,
-                  "Port on the master node for headless ranks (default 29550)");
-  app->add_flag("--headless", f->headless, "Run engine ranks only (no API server); they join the master node");
+                  "The master's port for headless ranks' channel (default 29550; the same on every node)");
+  app->add_flag("--headless", f->headless,
+                "Run engine ranks only (no API server): they join the master at --data-parallel-address, take "
+                "requests from its API server, and their KV connector workers register with its bootstrap server "
+                "(VLLM_MOONCAKE_BOOTSTRAP_PORT must match the master's). Reconnects when the master goes away");
 }
 
 StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& f, int threads, int cores) {
@@ -79,17 +84,16 @@ StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& f, int thre
         "API server)");
   if (local < 1)
     return InvalidArgumentError(fmt::format("--data-parallel-size-local {}: this node would run no rank", local));
-  if (f.headless || local < f.size)
-    return UnimplementedError(
-        fmt::format("data-parallel ranks on other nodes (--headless, --data-parallel-size-local "
-                    "{} < --data-parallel-size {}) are not supported by this build yet; run "
-                    "every rank on one node",
-                    local, f.size));
+  if (f.headless && f.address.empty())
+    return InvalidArgumentError("--headless needs --data-parallel-address: the master node's address to join");
   if (threads < 0) return InvalidArgumentError("--threads must be >= 0");
   DataParallelPlan p;
   p.size = f.size;
   p.size_local = local;
   p.start_rank = f.start_rank;
+  p.headless = f.headless;
+  p.address = f.address;
+  p.rpc_port = f.rpc_port;
   // --threads is per rank; by default the cores are shared out evenly (at least one each).
   p.threads_per_rank = threads > 0 ? threads : local == 1 ? 0 : std::max(1, cores / local);
   return p;

@@ -44,12 +44,15 @@ struct DataParallelPlan {
   int size = 1;
   int size_local = 1;
   int start_rank = 0;
+  bool headless = false;
+  std::string address;  // the master's address ("" on the master: listen on every interface)
+  int rpc_port = 29550;
   int threads_per_rank = 0;  // compute threads of each local rank (0: the engine's default)
 };
 
 void AddDataParallelFlags(CLI::App* app, DataParallelFlags* flags);
-// InvalidArgument naming the flags for inconsistent values; Unimplemented for layouts this
-// build cannot serve yet (ranks on other nodes: --headless, --data-parallel-size-local < size).
+// InvalidArgument naming the flags for inconsistent values (a headless node without
+// --data-parallel-address, a master with no local rank, ranks out of range).
 // `threads` is --threads (per rank; 0: the machine's cores shared out evenly between the
 // local ranks), `cores` the cores available.
 StatusOr<DataParallelPlan> PlanDataParallel(const DataParallelFlags& flags, int threads, int cores);

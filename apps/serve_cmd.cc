@@ -1,6 +1,7 @@
 // `kvferry serve MODEL_DIR`: the OpenAI-compatible server (docs/serve.md).
 #include <fmt/format.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "apps/engine_flags.h"
 #include "kvferry/base/base.h"
 #include "kvferry/connector/connector.h"
+#include "kvferry/dp/dp.h"
 #include "kvferry/engine/engine.h"
 #include "kvferry/http/http.h"
 #include "kvferry/server/server.h"
@@ -56,6 +58,41 @@ void ShutdownRanks(std::vector<Rank>& ranks, const Deadline& deadline) {
 int Fail(const Status& st) {
   std::fprintf(stderr, "kvferry serve: %s\n", st.ToString().c_str());
   return 1;
+}
+
+// `--headless`: the ranks join the master and serve what its API server sends them until
+// SIGTERM/SIGINT (or a refusal the master says is final).
+int ServeHeadless(const ServeArgs& a, const DataParallelPlan& dp, std::vector<Rank>& ranks,
+                  const sigset_t& stop_signals) {
+  dp::RankHostOptions ho;
+  ho.master_host = dp.address;
+  ho.master_port = dp.rpc_port;
+  const bool wildcard = a.host.empty() || a.host == "0.0.0.0" || a.host == "::";
+  char name[256] = {};
+  if (wildcard) ::gethostname(name, sizeof(name) - 1);
+  ho.instance = wildcard ? std::string(name) : a.host;
+
+  for (size_t i = 0; i < ranks.size(); ++i)
+    ho.ranks.push_back({dp.start_rank + static_cast<int>(i), ranks[i].engine.get(), ranks[i].conn.get()});
+  StatusOr<std::unique_ptr<dp::RankHost>> host = dp::RankHost::Start(ho);
+  if (!host.ok()) {
+    ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
+    return Fail(host.status());
+  }
+  KVF_LOG_INFO("serve: headless: data-parallel rank(s) {}..{} of {} join the master at {}:{}", dp.start_rank,
+               dp.start_rank + dp.size_local - 1, dp.size, dp.address, dp.rpc_port);
+  int sig = 0;
+  Status fatal;
+  while (sig <= 0 && fatal.ok()) {
+    const timespec one_second{1, 0};
+    sig = sigtimedwait(&stop_signals, nullptr, &one_second);
+    fatal = (*host)->fatal();
+  }
+  (*host)->Stop();
+  ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(10)));
+  if (!fatal.ok()) return Fail(fatal);
+  KVF_LOG_INFO("serve: headless: stopped");
+  return 0;
 }
 
 int Serve(const ServeArgs& a) {
@@ -118,6 +155,10 @@ int Serve(const ServeArgs& a) {
       if (!co.config.engine_id.empty() && dp->size > 1) co.config.engine_id += fmt::format("_dp{}", dp_rank);
       if (dp_rank == 0) {
         for (int r = 0; r < dp->size; ++r) co.expect_dp_ranks.push_back(r);
+      } else if (co.config.bootstrap_server_address.empty() && dp->headless) {
+        // A headless rank's worker registers with the master's bootstrap server (the same
+        // VLLM_MOONCAKE_BOOTSTRAP_PORT on every node, as in vLLM).
+        co.config.bootstrap_server_address = fmt::format("{}:{}", dp->address, co.config.bootstrap_port);
       } else if (co.config.bootstrap_server_address.empty() && ranks[0].conn) {
         co.config.bootstrap_server_address = ranks[0].conn->bootstrap_url();
       }
@@ -144,10 +185,35 @@ int Serve(const ServeArgs& a) {
       }
     }
   }
+  if (dp->headless) return ServeHeadless(a, *dp, ranks, stop_signals);
   engine::Engine& engine = *ranks[0].engine;
 
+  // Ranks on other nodes: headless instances join through the channel and a stand-in engine
+  // and connector worker per rank take their place behind the API server.
+  std::unique_ptr<dp::RankServer> remote;
+  if (dp->size_local < dp->size) {
+    dp::RankServerOptions ro;
+    ro.bind_host = dp->address.empty() ? "0.0.0.0" : dp->address;
+    ro.port = dp->rpc_port;
+    ro.dp_size = dp->size;
+    ro.first_remote_rank = dp->size_local;
+    ro.model_engine = &engine;
+    ro.kv_config = kv_config;
+    ro.bootstrap_owner = ranks[0].conn.get();
+    StatusOr<std::unique_ptr<dp::RankServer>> rs = dp::RankServer::Start(ro);
+    if (!rs.ok()) {
+      ShutdownRanks(ranks, Deadline::After(std::chrono::seconds(5)));
+      return Fail(rs.status());
+    }
+    remote = std::move(*rs);
+  }
+
   server::FrontendOptions fo;
-  for (Rank& rk : ranks) fo.ranks.push_back({rk.engine.get(), rk.conn.get()});
+  for (Rank& rk : ranks) fo.ranks.push_back({rk.engine.get(), rk.conn.get(), nullptr});
+  for (int r = dp->size_local; r < dp->size; ++r) {
+    dp::RankServer* rs = remote.get();
+    fo.ranks.push_back({rs->engine(r), rs->connector(r), [rs, r] { return rs->RankUp(r); }});
+  }
   fo.tokenizer = tok->get();
   fo.chat_template = chat.get();
   fo.served_model_names = a.served_model_names;
@@ -176,8 +242,10 @@ int Serve(const ServeArgs& a) {
                fo.served_model_names.front(), a.host, (*srv)->port(), engine.max_model_len(), stats.blocks_total,
                engine.block_size(), FormatBytes(engine.kv_size_bytes()));
   if (dp->size > 1) {
-    KVF_LOG_INFO("serve: {} data-parallel ranks, each with its own engine ({} compute threads) and KV cache{}",
-                 dp->size, dp->threads_per_rank, kv_config ? " and connector worker" : "");
+    KVF_LOG_INFO("serve: {} data-parallel ranks ({} here, {} headless), each with its own engine ({} compute threads "
+                 "here) and KV cache{}",
+                 dp->size, dp->size_local, dp->size - dp->size_local, dp->threads_per_rank,
+                 kv_config ? " and connector worker" : "");
   }
 
   int sig = 0;
@@ -197,6 +265,7 @@ int Serve(const ServeArgs& a) {
   while ((*srv)->open_connections() > 0 && !flush.Expired()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   (*srv)->Stop();
   fe->reset();
+  if (remote) remote->Stop();  // headless ranks see the channel close and wait to rejoin
   for (Rank& r : ranks)
     if (r.conn) r.conn->Shutdown(Deadline::After(std::chrono::seconds(10)));
   for (Rank& r : ranks) r.engine->Shutdown(Deadline::After(std::chrono::seconds(5)));

@@ -99,8 +99,36 @@ StatusOr<BootstrapMap> DecodeBootstrapMap(std::string_view text) {
   return m;
 }
 
+Status BootstrapRegistry::Adopt(const WorkerInfo& w) {
+  {
+    MutexLock l(mu_);
+    auto it = map_.find(w.dp_rank);
+    if (it != map_.end() && it->second.engine_id == w.engine_id) {
+      auto tp = it->second.worker_addr.find(w.tp_rank);
+      if (tp != it->second.worker_addr.end()) {
+        auto pp = tp->second.find(w.pp_rank);
+        if (pp != tp->second.end() && pp->second == w.addr) return Status::Ok();
+      }
+    }
+  }
+  return Register(w);
+}
+
+void BootstrapRegistry::Deregister(int64_t dp_rank) {
+  MutexLock l(mu_);
+  auto it = map_.find(dp_rank);
+  if (it == map_.end()) return;
+  retired_[dp_rank] = it->second.engine_id;
+  map_.erase(it);
+}
+
 Status BootstrapRegistry::Register(const WorkerInfo& w) {
   MutexLock l(mu_);
+  if (auto r = retired_.find(w.dp_rank); r != retired_.end() && r->second != w.engine_id) {
+    return InvalidArgumentError(fmt::format("dp_rank {} was registered with engine_id {}, not {}; it must rejoin "
+                                            "under the same engine_id",
+                                            w.dp_rank, r->second, w.engine_id));
+  }
   auto it = map_.find(w.dp_rank);
   if (it != map_.end()) {
     if (it->second.engine_id != w.engine_id) {
@@ -131,9 +159,11 @@ void BootstrapRegistry::Expect(int64_t dp_rank) {
 
 bool BootstrapRegistry::Complete() const {
   MutexLock l(mu_);
+  if (completed_) return true;
   if (map_.empty()) return false;
   for (int64_t dp : expected_)
     if (map_.count(dp) == 0) return false;
+  completed_ = true;
   return true;
 }
 

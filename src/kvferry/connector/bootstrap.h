@@ -34,10 +34,18 @@ class BootstrapRegistry {
   // InvalidArgument (→ HTTP 400) for a duplicate (dp, tp, pp) or an engine_id that
   // differs from the one stored for that dp_rank.
   Status Register(const WorkerInfo& w);
+  // Register, except that a registration identical to the stored one is OK (a headless rank
+  // the master registers again when it reconnects).
+  Status Adopt(const WorkerInfo& w);
+  // Drops every worker of `dp_rank` (a headless data-parallel rank that left the master: its
+  // address is dead). The engine_id is remembered: the rank may register again, under the same
+  // engine_id only. No-op if unknown.
+  void Deregister(int64_t dp_rank);
   BootstrapMap Snapshot() const;
   // The embedded server's own instance: GET /query answers 503 (Retry-After: 1) until every
   // expected dp rank has registered (and, with none expected, while nothing is registered), so
-  // no router ever sees a 200 without workers.
+  // no router ever sees a 200 without workers. Once complete it stays complete: a rank that
+  // leaves later (Deregister) is left out of /query, the others go on being served.
   void Expect(int64_t dp_rank);
   bool Complete() const;
   // Handles /register and /query; false for other paths (the caller answers those).
@@ -47,6 +55,8 @@ class BootstrapRegistry {
   mutable Mutex mu_;
   BootstrapMap map_ KVF_GUARDED_BY(mu_);
   std::set<int64_t> expected_ KVF_GUARDED_BY(mu_);
+  std::map<int64_t, std::string> retired_ KVF_GUARDED_BY(mu_);  // dp_rank → engine_id of a dropped rank
+  mutable bool completed_ KVF_GUARDED_BY(mu_) = false;          // Complete() latched
 };
 
 // JSON of GET /query: {"<dp>": {"engine_id": s, "worker_addr": {"<tp>": {"<pp>": addr}}}}.

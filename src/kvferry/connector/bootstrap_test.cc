@@ -58,6 +58,30 @@ TEST(BootstrapTest, RegisterAndQueryOverHttp) {
   EXPECT_EQ(nf->status, 404);
 }
 
+// A headless rank that leaves is dropped; it may come back under its engine_id only, and the
+// map stays queryable for the other ranks meanwhile.
+TEST(BootstrapTest, HeadlessRankLeavesAndRejoins) {
+  BootstrapRegistry reg;
+  reg.Expect(0);
+  reg.Expect(1);
+  ASSERT_TRUE(reg.Register({"eng-0", 0, 0, 0, "tcp://10.0.0.2:5001"}).ok());
+  ASSERT_TRUE(reg.Register({"eng-1", 1, 0, 0, "tcp://10.0.0.3:5001"}).ok());
+  EXPECT_TRUE(reg.Complete());
+  // Registering the same worker again: Register refuses (as vLLM), Adopt accepts it unchanged.
+  EXPECT_FALSE(reg.Register({"eng-1", 1, 0, 0, "tcp://10.0.0.3:5001"}).ok());
+  EXPECT_TRUE(reg.Adopt({"eng-1", 1, 0, 0, "tcp://10.0.0.3:5001"}).ok());
+  EXPECT_FALSE(reg.Adopt({"eng-1", 1, 0, 0, "tcp://10.0.0.3:9999"}).ok());
+  reg.Deregister(1);
+  EXPECT_EQ(reg.Snapshot().count(1), 0u);
+  EXPECT_TRUE(reg.Complete());  // rank 0 goes on being served
+  Status other = reg.Register({"eng-x", 1, 0, 0, "tcp://10.0.0.3:5002"});
+  EXPECT_EQ(other.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(other.message().find("same engine_id"), std::string::npos) << other.ToString();
+  ASSERT_TRUE(reg.Register({"eng-1", 1, 0, 0, "tcp://10.0.0.3:5002"}).ok());
+  EXPECT_EQ(reg.Snapshot().at(1).worker_addr.at(0).at(0), "tcp://10.0.0.3:5002");
+  reg.Deregister(7);  // unknown: no-op
+}
+
 TEST(BootstrapTest, RegisterRetriesWithBackoffThenFails) {
   double t0 = NowSeconds();
   Status s = RegisterWorker("http://127.0.0.1:1", {"e", 0, 0, 0, "tcp://a:1"}, 1s, 3, 50ms);

@@ -169,6 +169,20 @@ class ConnectorImpl final : public Connector {
     return bootstrap_->registry().Snapshot();
   }
 
+  std::string worker_endpoint() const override {
+    MutexLock l(mu_);
+    return producer_ ? producer_->endpoint() : std::string();
+  }
+  Status AdoptWorker(const WorkerInfo& w) override {
+    MutexLock l(mu_);
+    if (bootstrap_ == nullptr) return FailedPreconditionError("this worker runs no bootstrap server");
+    return bootstrap_->registry().Adopt(w);
+  }
+  void DropWorkers(int64_t dp_rank) override {
+    MutexLock l(mu_);
+    if (bootstrap_ != nullptr) bootstrap_->registry().Deregister(dp_rank);
+  }
+
   void Shutdown(const Deadline& deadline) override {
     Producer* p;
     Consumer* c;

@@ -118,6 +118,16 @@ class Connector {
   // The embedded bootstrap server's map (every registered rank), or nullopt when this worker
   // started none (consumer, a rank > 0 or an external server).
   virtual std::optional<BootstrapMap> BootstrapSnapshot() const = 0;
+  // Producer/both once started: "tcp://IP:PORT" of this worker's side channel (what it
+  // registered); "" otherwise.
+  virtual std::string worker_endpoint() const = 0;
+  // The embedded bootstrap server's map, for workers of other processes (headless
+  // data-parallel ranks, docs/serve.md): AdoptWorker registers one again when its rank
+  // reconnects (OK when it is registered as it is; InvalidArgument as /register otherwise);
+  // DropWorkers forgets a rank that left (its address is dead; it may return under the same
+  // engine_id only). FailedPrecondition / no-op when this worker started no server.
+  virtual Status AdoptWorker(const WorkerInfo& worker) = 0;
+  virtual void DropWorkers(int64_t dp_rank) = 0;
 
   // Stops the side channel and the sender pool, fails pending loads (policy applies), frees
   // held blocks, stops the embedded bootstrap server. Idempotent.

@@ -560,6 +560,55 @@ TEST_P(ConnectorE2ETest, BootstrapUnreachableRecomputes) {
   EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
 }
 
+// The bootstrap server lists a worker that has since died (between the decoder's /query and its
+// pull): the side-channel connect is refused, and the load ends at once under either policy
+// instead of waiting out the load timeout (20 s here) while ZMQ retries.
+TEST_P(ConnectorE2ETest, DeadWorkerListedByBootstrapEndsTheLoadAtOnce) {
+  auto bs = BootstrapServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(bs.ok()) << bs.status().ToString();
+  // A port nothing listens on: bound, then closed.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  ::close(fd);
+  const std::string dead = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  ASSERT_TRUE((*bs)->registry().Register({"engine-dead", 0, 0, 0, dead}).ok());
+  for (LoadFailurePolicy policy : {LoadFailurePolicy::kFail, LoadFailurePolicy::kRecompute}) {
+    SideOptions dopt;
+    dopt.protocol = GetParam();
+    dopt.policy = policy;
+    d_ = std::make_unique<Side>("d", dopt);
+    ASSERT_TRUE(d_->started);
+    RequestKvParams p;
+    p.do_remote_prefill = true;
+    p.transfer_id = "xfer-dead";
+    p.remote_bootstrap_addr = "127.0.0.1:" + std::to_string((*bs)->port());
+    p.remote_engine_id = "engine-dead";
+    const auto prompt = RandomPrompt(20, 21);
+    Collector dc;
+    const double t0 = NowSeconds();
+    ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), p, dc).ok());
+    ASSERT_TRUE(dc.WaitFinished("d", 30s));
+    EXPECT_LT(NowSeconds() - t0, 10.0);
+    const Result r = dc.Get("d");
+    if (policy == LoadFailurePolicy::kFail) {
+      EXPECT_EQ(r.reason, FinishReason::kError);
+      EXPECT_NE(r.error.message().find("refused the side-channel connection"), std::string::npos)
+          << r.error.ToString();
+    } else {
+      EXPECT_EQ(r.reason, FinishReason::kLength);
+      EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 4));
+    }
+    EXPECT_EQ(d_->conn->GetStats().failed_receives_total, 1u);
+    TearDown();
+  }
+}
+
 // Different --block-size on the two sides: a clear error, and the prefiller frees at once.
 TEST_P(ConnectorE2ETest, BlockSizeMismatchIsAClearError) {
   SideOptions dopt;

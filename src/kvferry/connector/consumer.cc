@@ -230,17 +230,23 @@ void Consumer::Loop() {
       if ((items[i + 1].revents & ZMQ_POLLIN) == 0) continue;
       for (int n = 0; n < 1024 && RecvMultipart(*socks[i].second, &frames); ++n) HandleReply(socks[i].first, frames);
     }
-    std::vector<std::string> gone;
+    std::vector<std::pair<std::string, bool>> gone;  // address, whether it had ever connected
     for (size_t i = 0; i < mons.size(); ++i) {
       if ((items[1 + socks.size() + i].revents & ZMQ_POLLIN) == 0) continue;
       // An event is two frames: 2-byte event id + 4-byte value, then the endpoint.
       for (int n = 0; n < 64 && RecvMultipart(*mons[i].second, &frames); ++n) {
         uint16_t event = 0;
         if (!frames.empty() && frames[0].size() >= 2) std::memcpy(&event, frames[0].data(), 2);
-        if (event == ZMQ_EVENT_DISCONNECTED) gone.push_back(mons[i].first);
+        // A refused (or timed-out) connect is as final as a disconnect: the bootstrap server
+        // lists only workers that were listening, so nobody listens there any more (the
+        // process died between the decoder's /query and its pull). ZMQ would retry forever.
+        if (event == ZMQ_EVENT_DISCONNECTED || event == ZMQ_EVENT_CONNECT_RETRIED) {
+          gone.emplace_back(mons[i].first, event == ZMQ_EVENT_DISCONNECTED);
+          break;
+        }
       }
     }
-    for (const auto& addr : gone) OnPeerGone(addr);
+    for (const auto& [addr, was_connected] : gone) OnPeerGone(addr, was_connected);
     std::deque<Command> cmds;
     bool stop;
     {
@@ -290,17 +296,18 @@ void Consumer::EndUnanswered(const std::string& id, const Status& why) {
   Complete(id, why, 0, {});
 }
 
-void Consumer::OnPeerGone(const std::string& addr) {
+void Consumer::OnPeerGone(const std::string& addr, bool was_connected) {
+  if (dealers_.count(addr) == 0) return;  // already handled
   std::vector<std::string> ids;
   for (const auto& [id, f] : in_flight_) {
     if (f.addr == addr) ids.push_back(id);
   }
-  KVF_LOG_WARN("connector: side channel to prefiller worker {} closed; {} KV load(s) waiting on it end now", addr,
-               ids.size());
+  const char* what = was_connected ? "closed the side channel" : "refused the side-channel connection";
+  KVF_LOG_WARN("connector: prefiller worker {} {}; {} KV load(s) waiting on it end now", addr, what, ids.size());
   for (const auto& id : ids) {
-    EndUnanswered(id, UnavailableError(fmt::format("prefiller worker {} closed the side channel before answering "
-                                                   "transfer {} (process gone or restarted)",
-                                                   addr, in_flight_.at(id).transfer_id)));
+    EndUnanswered(id, UnavailableError(fmt::format("prefiller worker {} {} before answering transfer {} (process "
+                                                   "gone or restarted)",
+                                                   addr, what, in_flight_.at(id).transfer_id)));
   }
   // Forget every bootstrap answer that lists this worker: the next pull asks the bootstrap
   // server again (a dead prefiller then fails at once; a restarted one gives its new address)
@@ -444,7 +451,13 @@ zmq::socket_t* Consumer::Dealer(const std::string& addr, Status* st) {
     // Watch the connection: ZMQ reconnects silently, so a dead prefiller would otherwise be
     // noticed only by the load timeout.
     const std::string ep = fmt::format("inproc://kvf-consumer-{}-{}", static_cast<const void*>(this), ++monitor_seq_);
-    if (zmq_socket_monitor(s->handle(), ep.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) throw zmq::error_t();
+    if (zmq_socket_monitor(s->handle(), ep.c_str(), ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED) != 0) {
+      throw zmq::error_t();
+    }
+    // A peer that never answers the TCP handshake (host gone, packets dropped) counts as
+    // refused after the connector timeout instead of the kernel's ~2 minutes.
+    s->set(zmq::sockopt::connect_timeout,
+           static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(config_.connector_timeout).count()));
     auto m = std::make_unique<zmq::socket_t>(*zmq_ctx_, zmq::socket_type::pair);
     m->set(zmq::sockopt::linger, 0);
     m->connect(ep);

@@ -127,9 +127,10 @@ class Consumer {
   // Ends an in-flight load whose answer will not come: an aborted one releases its held blocks,
   // any other fails with `why`; the bootstrap answer it used is forgotten.
   void EndUnanswered(const std::string& id, const Status& why);
-  // The side channel to a prefiller worker closed (the process died or restarted): its reply
-  // can no longer come, so its loads end now instead of at the load timeout.
-  void OnPeerGone(const std::string& addr);
+  // The side channel to a prefiller worker closed (the process died or restarted), or its
+  // first connect was refused: its reply can no longer come, so its loads end now instead of
+  // at the load timeout.
+  void OnPeerGone(const std::string& addr, bool was_connected);
   void DropDealer(const std::string& addr);
 
   const KvTransferConfig config_;

@@ -128,6 +128,13 @@ void FrontendImpl::Health(http::Responder& r, std::vector<http::Header> h) {
     draining = shared_->draining;
   }
   if (draining) return RespondError(r, 503, "the server is shutting down", "", std::move(h));
+  // Every rank must be up: a headless rank that has not joined (or left) makes the instance
+  // unhealthy; the ranks that are up go on serving requests sent anyway (docs/serve.md).
+  for (size_t i = 0; i < shared_->num_ranks(); ++i) {
+    const FrontendOptions::Rank& rk = shared_->o.ranks[i];
+    if (!rk.up) continue;
+    if (Status st = rk.up(); !st.ok()) return RespondError(r, 503, st.message(), "", std::move(h));
+  }
   for (size_t i = 0; i < shared_->num_ranks(); ++i) {
     const connector::Connector* c = shared_->o.ranks[i].connector;
     if (c != nullptr && !c->Ready()) {
@@ -318,9 +325,15 @@ StatusOr<int> Shared::PickRank(const http::Request& request, bool prefill_leg) {
   if (n == 1 || prefill_leg) return 0;
   MutexLock l(mu);
   int best = -1;
+  bool best_up = false;
   for (int k = 0; k < n; ++k) {
     const int i = static_cast<int>((rank_turn + static_cast<uint64_t>(k)) % static_cast<uint64_t>(n));
-    if (best < 0 || rank_load[i] < rank_load[best]) best = i;
+    // A rank that is down (a headless instance that left) takes nothing unless all are down.
+    const bool up = !o.ranks[static_cast<size_t>(i)].up || o.ranks[static_cast<size_t>(i)].up().ok();
+    if (best < 0 || (up && !best_up) || (up == best_up && rank_load[i] < rank_load[best])) {
+      best = i;
+      best_up = up;
+    }
   }
   ++rank_turn;
   return best;

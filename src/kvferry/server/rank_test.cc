@@ -61,5 +61,20 @@ TEST(PickRank, HeaderlessPrefillLegGoesToRankZeroOthersToTheLeastLoaded) {
   EXPECT_NE(a, b);
 }
 
+TEST(PickRank, ARankThatIsDownTakesNothingUnpinned) {
+  FrontendOptions o = Ranks(2);
+  bool rank1_up = false;
+  o.ranks[1].up = [&rank1_up] { return rank1_up ? Status::Ok() : UnavailableError("headless instance left"); };
+  Shared s(o);
+  {
+    MutexLock l(s.mu);
+    s.rank_load = {5, 0};
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(*s.PickRank(http::Request{}, false), 0);
+  EXPECT_EQ(*s.PickRank(WithRank("1"), false), 1);  // pinned: the rank's own error follows at Add
+  rank1_up = true;
+  EXPECT_EQ(*s.PickRank(http::Request{}, false), 1);
+}
+
 }  // namespace
 }  // namespace kvferry::server

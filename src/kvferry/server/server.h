@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct FrontendOptions {
   struct Rank {
     engine::Engine* engine = nullptr;
     connector::Connector* connector = nullptr;
+    // Null (default): always up (a local rank). A rank in another process (a headless
+    // instance) says here whether it is connected and ready; Unavailable with why when not.
+    // Must not block (it is called on io threads, under the frontend's lock).
+    std::function<Status()> up;
   };
   // The data-parallel ranks this API server spreads requests over; ranks[i] is dp rank i.
   // Empty (default): one rank, {engine, connector} below. Every rank runs the same model.
