@@ -1,6 +1,6 @@
 // kvferry's greedy continuations against llama.cpp's on the same GGUF files (issue 10,
 // acceptance 1), without llama.cpp: tests/fixtures/llama_cpp_greedy holds llama.cpp's tokens and
-// top-1 - top-2 logit margins per step (made by tools/llama_greedy, commands in its README.md).
+// top-1 - top-2 logit margins per step (made by tools/llama_greedy; make_fixtures.sh there has the commands).
 // The test rebuilds the same files with make-tiny + ConvertToGguf, checks they are byte for byte
 // the files the fixtures were made from (FNV-1a of the bytes), and runs them.
 //
@@ -76,7 +76,7 @@ std::string Fnv1a64(const std::string& path) {
   return buf;
 }
 
-// The models of the fixtures: `kvferry model make-tiny DIR/tiny-ARCH --arch ARCH <these>`.
+// The models of the fixtures (make_fixtures.sh: `kvferry model make-tiny DIR/tiny-ARCH ...`).
 // qwen2 and llama have rows of 256 (Q4_K_M takes Q4_K and Q6_K); qwen3's hidden 192 makes
 // llama-quantize's fallbacks (Q5_0, Q8_0) appear as well.
 MakeTinyOptions TinyOptions(Architecture arch) {
@@ -89,6 +89,11 @@ MakeTinyOptions TinyOptions(Architecture arch) {
   o.num_kv_heads = 2;
   o.num_layers = 2;
   o.vocab_size = 384;
+  // Logit std ~8 (make-tiny's default ~2 leaves few steps before a margin under 1.0). Not more:
+  // the rounding of both engines' activations moves logits in proportion to them, and at 10
+  // (std ~20) llama.cpp's coarser Q8_K activations (for Q4_K / Q6_K rows) made tiny-llama
+  // q4_k_m agree on only 61 of 82 steps, diverging where llama.cpp's margin was 2.8.
+  o.logit_scale = 4;
   o.show_progress = false;
   return o;
 }
@@ -121,7 +126,7 @@ std::vector<int32_t> Greedy(Model& m, const std::vector<int32_t>& prompt) {
 
 TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
   const auto prompts = ReadPrompts();
-  ASSERT_EQ(prompts.size(), 6u);
+  ASSERT_EQ(prompts.size(), 16u);
   const std::string root = ::testing::TempDir() + "/llama_cpp_agreement";
   for (Architecture arch : {Architecture::kQwen2, Architecture::kLlama, Architecture::kQwen3}) {
     const std::string name = std::string("tiny-") + (arch == Architecture::kQwen2   ? "qwen2"
@@ -140,7 +145,7 @@ TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
       const Fixture fx = ReadFixture(name + "-" + type);
       ASSERT_EQ(fx.tokens.size(), prompts.size());
       ASSERT_EQ(Fnv1a64(path), fx.fnv) << "the file differs from the one llama.cpp ran (make-tiny or the writer "
-                                          "changed: regenerate the fixtures, see their README.md)";
+                                          "changed: regenerate the fixtures with their make_fixtures.sh)";
       LoadOptions lo;
       lo.num_threads = 2;
       lo.show_progress = false;
@@ -162,6 +167,7 @@ TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
       std::printf("%s %s: %d of %d steps before the first near-tie agree (%.1f%%); per prompt length:%s\n",
                   name.c_str(), type.c_str(), agreed, counted, 100 * share, detail.c_str());
       EXPECT_GE(share, 0.9) << detail;
+      EXPECT_GE(counted, 10) << "too few steps before near-ties to say anything";
     }
   }
 }

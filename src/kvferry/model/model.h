@@ -226,6 +226,9 @@ struct MakeTinyOptions {
   // "", "none", "linear", "llama3", "yarn". "": llama3 for Llama, none otherwise.
   std::string rope_scaling;
   DType dtype = DType::kBF16;
+  // Multiplies the logits (the final norm's gain): sharper greedy choices, for comparisons with
+  // other engines that skip near-ties. Default 1 (logit std ~2).
+  double logit_scale = 1.0;
   bool show_progress = true;
   TokenizerWriter tokenizer_writer;  // null: WritePlaceholderTokenizer
 };
