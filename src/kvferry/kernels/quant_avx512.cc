@@ -203,6 +203,67 @@ void RowDot(QuantType type, const char* row, int64_t cols, const QuantizedRow* c
   for (int t = 0; t < nt; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
+// One token against 4 rows at once (decode): 8 independent accumulator chains (the A and B
+// terms of each row apart) instead of one dependent pair per chunk, and each chunk of x loaded
+// once for 4 rows. ChunkOf(row, c) gives chunk c (64 elements) of a row.
+template <typename ChunkOf>
+void Rows4Dot(const char* const* rows, int64_t chunks, const QuantizedRow& x, const ChunkOf& chunk_of, float* out) {
+  __m512 acc_a[4], acc_b[4];
+  for (int r = 0; r < 4; ++r) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const __m512i xq = _mm512_loadu_si512(x.q.data() + 64 * c);
+    const __m512 dx = _mm512_loadu_ps(x.dx.data() + 16 * c);
+    const __m512 sx = _mm512_loadu_ps(x.sx.data() + 16 * c);
+    for (int r = 0; r < 4; ++r) {
+      const Chunk ch = chunk_of(rows[r], c);
+      const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ch.u, xq));
+      acc_a[r] = _mm512_fmadd_ps(p, _mm512_mul_ps(ch.a, dx), acc_a[r]);
+      acc_b[r] = _mm512_fmadd_ps(ch.b, sx, acc_b[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(acc_a[r], acc_b[r]));
+}
+
+void Rows4DotAny(QuantType type, const char* const* rows, int64_t cols, const QuantizedRow& x, float* out) {
+  const int64_t chunks = (cols + 63) / 64, nb = cols / 32;
+  switch (type) {
+    case QuantType::kQ8_0:
+      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
+        return Q8_0Chunk(reinterpret_cast<const BlockQ8_0*>(r) + 2 * c, 2 * c + 1 < nb);
+      }, out);
+      break;
+    case QuantType::kQ4_0:
+      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
+        return Q4_0Chunk(reinterpret_cast<const BlockQ4_0*>(r) + 2 * c, 2 * c + 1 < nb);
+      }, out);
+      break;
+    case QuantType::kQ5_0:
+      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
+        return Q5_0Chunk(reinterpret_cast<const BlockQ5_0*>(r) + 2 * c, 2 * c + 1 < nb);
+      }, out);
+      break;
+    case QuantType::kQ4_K: {
+      // Per-chunk scale unpacking measured slower than RowDot's once per block (6.0 vs 6.7 GB/s
+      // of weights on 896x4864, one thread).
+      const QuantizedRow* xs = &x;
+      for (int r = 0; r < 4; ++r) RowDot(type, rows[r], cols, &xs, 1, out + r);
+      break;
+    }
+    case QuantType::kQ6_K:
+      Rows4Dot(rows, chunks, x, [](const char* r, int64_t c) {
+        const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(r)[c / 4];
+        const int j = static_cast<int>(c % 4);
+        // Chunk j uses scales 8 (j / 2) + 4 (j % 2) .. + 3.
+        float a16[16];
+        const float d = Half(b.d);
+        const int s0 = 8 * (j / 2) + 4 * (j % 2);
+        for (int i = 0; i < 4; ++i) a16[s0 + i] = d * b.scales[s0 + i];
+        return Q6KChunk(b, a16, j);
+      }, out);
+      break;
+  }
+}
+
 }  // namespace
 
 void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
@@ -210,6 +271,19 @@ void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, 
   std::vector<QuantizedRow> xq(m);
   for (int64_t t = 0; t < m; ++t) QuantizeActivations(x + t * ldx, cols, &xq[t]);
   const int64_t rb = QuantRowBytes(type, cols);
+  if (m == 1) {  // decode: rows 4 at a time
+    int64_t n = 0;
+    for (; n + 4 <= rows; n += 4) {
+      const char* r4[4];
+      for (int r = 0; r < 4; ++r) r4[r] = static_cast<const char*>(w) + (n + r) * rb;
+      float out[4];
+      Rows4DotAny(type, r4, cols, xq[0], out);
+      for (int r = 0; r < 4; ++r) y[n + r] = out[r];
+    }
+    const QuantizedRow* x0 = &xq[0];
+    for (; n < rows; ++n) RowDot(type, static_cast<const char*>(w) + n * rb, cols, &x0, 1, y + n);
+    return;
+  }
   for (int64_t t0 = 0; t0 < m; t0 += kMaxTokens) {
     const int nt = static_cast<int>(std::min<int64_t>(kMaxTokens, m - t0));
     const QuantizedRow* xs[kMaxTokens];
