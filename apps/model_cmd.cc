@@ -47,6 +47,8 @@ void AddModelCommand(CLI::App& app) {
   tiny->add_option("--rope-scaling", args->o.rope_scaling,
                    "none | linear | llama3 | yarn (default llama3 for llama, else none)")
       ->check(CLI::IsMember({"none", "linear", "llama3", "yarn"}));
+  tiny->add_option("--logit-scale", args->o.logit_scale, "Multiply the logits by this (default 1: std ~2)")
+      ->check(CLI::PositiveNumber);
   tiny->add_flag("--tie", args->tie, "Tie the output projection to the embedding");
   tiny->add_flag("--no-tie", args->no_tie, "Separate lm_head.weight");
   tiny->add_option("--gguf", args->gguf,

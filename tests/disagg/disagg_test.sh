@@ -6,7 +6,9 @@
 # tokens); the answers must agree token for token; /v1/responses (tests/disagg/responses.mjs)
 # colocated and through the proxy. Afterwards every server's KV blocks in use must be back to zero.
 #
-# Usage: disagg_test.sh KVFERRY_BINARY loopback|netns tcp|shm
+# Usage: disagg_test.sh KVFERRY_BINARY loopback|netns tcp|shm [q4_k_m]
+#   q4_k_m:   serve a Q4_K_M GGUF file of the tiny model (kvferry's writer; hidden 256 so that
+#             Q4_K and Q6_K appear) instead of the f32 directory.
 #   loopback: everything on 127.0.0.1.
 #   netns:    the seed's topology in network namespaces this script creates (and removes):
 #             prefiller on 10.231.0.2, decoder on 10.231.0.3, proxy and client on 10.231.0.1,
@@ -15,6 +17,7 @@ set -uo pipefail
 bin="$(readlink -f "$1")"
 mode="$2"
 proto="$3"
+gguf="${4:-}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 work="$(mktemp -d /tmp/kvf-disagg-XXXXXX)"
 pids=()
@@ -41,7 +44,14 @@ if [ "$mode" = netns ] && { [ "$(id -u)" != 0 ] || ! ip netns list >/dev/null 2>
   echo "SKIP: network namespaces need root"
   exit 77
 fi
-"$bin" model make-tiny "$work/m" --dtype f32 --seed 11 --layers 2 --hidden 64 >/dev/null || fail "make-tiny"
+if [ "$gguf" = q4_k_m ]; then
+  "$bin" model make-tiny "$work/m" --dtype f32 --seed 11 --layers 2 --hidden 256 --intermediate 512 \
+    --gguf q4_k_m >/dev/null || fail "make-tiny"
+  model="$work/m/model-q4_k_m.gguf"
+else
+  "$bin" model make-tiny "$work/m" --dtype f32 --seed 11 --layers 2 --hidden 64 >/dev/null || fail "make-tiny"
+  model="$work/m"
+fi
 common=(--served-model-name tiny --kv-cache-dtype float32 --max-model-len 4096)
 if [ "$mode" = netns ]; then
   # The seed's topology: three hosts on one L2 segment (a bridge in a hub namespace).
@@ -81,12 +91,12 @@ else
   d_cfg='{"kv_connector":"MooncakeConnector","kv_role":"kv_consumer","kv_connector_extra_config":{"mooncake_protocol":"'$proto'"}}'
 fi
 
-"${in_x[@]}" "$bin" serve "$work/m" --port "$c_port" "${common[@]}" >"$work/colocated.log" 2>&1 &
+"${in_x[@]}" "$bin" serve "$model" --port "$c_port" "${common[@]}" >"$work/colocated.log" 2>&1 &
 pids+=($!)
-VLLM_MOONCAKE_BOOTSTRAP_PORT=$boot "${in_p[@]}" "$bin" serve "$work/m" --port "$p_port" "${common[@]}" \
+VLLM_MOONCAKE_BOOTSTRAP_PORT=$boot "${in_p[@]}" "$bin" serve "$model" --port "$p_port" "${common[@]}" \
   --kv-transfer-config "$p_cfg" >"$work/prefill.log" 2>&1 &
 pids+=($!)
-"${in_d[@]}" "$bin" serve "$work/m" --port "$d_port" "${common[@]}" --kv-transfer-config "$d_cfg" >"$work/decode.log" 2>&1 &
+"${in_d[@]}" "$bin" serve "$model" --port "$d_port" "${common[@]}" --kv-transfer-config "$d_cfg" >"$work/decode.log" 2>&1 &
 pids+=($!)
 "${in_x[@]}" "$bin" proxy --prefill "http://$P:$p_port" "$boot" --decode "http://$D:$d_port" --port "$x_port" \
   >"$work/proxy.log" 2>&1 &

@@ -29,6 +29,9 @@ constexpr int64_t kGemmTile = 256;
 constexpr int64_t kQueryTile = 16;
 // Bytes of packed x one pass of the AVX-512 GEMM keeps in L2.
 constexpr int64_t kGemmPassBytes = 512 << 10;
+// Bytes of bf16 weights per tile of the quantized prefill GEMM (dequantized per tile; about
+// the L2 of a core).
+constexpr int64_t kQuantTileBytes = 1 << 20;
 // (query token, head) rows per AVX-512 attention tile.
 constexpr int64_t kTileRows = 128;
 
@@ -70,6 +73,7 @@ struct Compute::Impl {
   void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  bool QuantGemmBf16(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g, int64_t i0, int64_t i1);
 };
 
@@ -239,6 +243,45 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
       table->gemm_f32(x, m, ldx, wf, k, n1 - n0, o.y + n0, ldy, buf + kGemmTile * k);
     AddBias(o.bias, m, n0, n1, o.y, ldy);
   });
+}
+
+// Prefill with quantized weights: x rounded to bf16 once, each tile of weight rows dequantized
+// to bf16 in the thread's scratch (from L2 the GEMM then reads it m / 16 times) and multiplied
+// by oneDNN's bf16 GEMM. Each weight is expanded once per call, a small cost next to the m * k
+// multiply-adds of its row. Returns false (nothing is left half done that matters: the caller
+// recomputes every output) when the library refuses.
+bool Compute::Impl::QuantGemmBf16(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
+  const int nt = size();
+  const int64_t k = outs[0].w.cols;
+  x_bf16.resize(static_cast<size_t>(m * k));
+  ParallelFor(m, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) table->from_f32(x + r * ldx, k, DType::kBF16, &x_bf16[r * k]);
+  });
+  // Tiles of at most kQuantTileBytes (dequantized, then read by the GEMM while still in L2),
+  // at least two per thread, handed out dynamically.
+  const int64_t max_rows = std::max<int64_t>(16, kQuantTileBytes / (2 * k) / 16 * 16);
+  std::vector<RowTile> tiles;
+  for (size_t oi = 0; oi < outs.size(); ++oi) {
+    const int64_t rows = outs[oi].w.rows;
+    const int64_t parts = std::max<int64_t>((rows + max_rows - 1) / max_rows, std::min<int64_t>(2 * nt, rows / 16));
+    const int64_t per = std::max<int64_t>(16, ((rows + parts - 1) / parts + 15) / 16 * 16);
+    for (int64_t n0 = 0; n0 < rows; n0 += per) tiles.push_back({oi, n0, std::min(rows, n0 + per)});
+  }
+  std::atomic<bool> failed{false};
+  team->RunParts(static_cast<int64_t>(tiles.size()), [&](int t, int64_t i) {
+    if (failed) return;
+    const auto& [oi, n0, n1] = tiles[i];
+    const MatMulOutput& o = outs[oi];
+    const int64_t rb = DTypeRowBytes(o.w.dtype, k);
+    auto* wt = reinterpret_cast<uint16_t*>(Scratch(t, static_cast<size_t>((n1 - n0) * k / 2 + 16)));
+    DequantizeRowsBf16At(isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + n0 * rb, n1 - n0, k, wt);
+    if (!lib->MatMulBf16(t, x_bf16.data(), m, k, wt, n1 - n0, k, o.y + n0, Ldy(o))) {
+      failed = true;
+      return;
+    }
+    AddBias(o.bias, m, n0, n1, o.y, Ldy(o));
+  });
+  return !failed;
 }
 
 void Compute::Impl::OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
@@ -427,6 +470,14 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
     quantized |= IsQuantized(o.w.dtype);
   }
   Profile& p = impl_->prof;
+  bool all_quantized = quantized;
+  for (const auto& o : outputs) all_quantized = all_quantized && IsQuantized(o.w.dtype);
+  if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx512Bf16 &&
+      impl_->QuantGemmBf16(x, m, ldx, outputs)) {
+    p.gemm_s += Since(t0);
+    p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    return;
+  }
   if (quantized) {  // GGUF weights (quant.h): every output's rows split over the team
     for (const auto& o : outputs) {
       const int64_t ldy = o.ldy ? o.ldy : o.w.rows;

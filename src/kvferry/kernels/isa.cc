@@ -76,6 +76,7 @@ const char* DTypeName(DType dtype) {
     case DType::kQ4_0: return "q4_0";
     case DType::kQ4_K: return "q4_k";
     case DType::kQ6_K: return "q6_k";
+    case DType::kQ5_0: return "q5_0";
   }
   return "?";
 }

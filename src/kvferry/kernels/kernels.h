@@ -23,7 +23,7 @@ namespace kvferry::kernels {
 // Element types of weights, activations and the KV cache.
 // kQ8_0.. are ggml's quantized blocks (quant.h), only ever a weight Matrix's dtype: MatMul takes
 // them, nothing else does.
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8_0 = 3, kQ4_0 = 4, kQ4_K = 5, kQ6_K = 6 };
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8_0 = 3, kQ4_0 = 4, kQ4_K = 5, kQ6_K = 6, kQ5_0 = 7 };
 inline bool IsQuantized(DType dtype) { return dtype >= DType::kQ8_0; }
 // Bytes of a row of `cols` elements (quantized: whole blocks; cols a multiple of the block).
 int64_t DTypeRowBytes(DType dtype, int64_t cols);

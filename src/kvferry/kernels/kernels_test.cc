@@ -15,6 +15,7 @@
 
 #include "kvferry/kernels/kernel_table.h"
 #include "kvferry/kernels/kernels.h"
+#include "kvferry/kernels/quant.h"
 #include "kvferry/kernels/thread_team.h"
 
 namespace kvferry::kernels {
@@ -234,6 +235,62 @@ TEST_P(AtLevel, MatMulFusedOutputsMatchReference) {
           }
         }
       }
+    }
+  }
+}
+
+// Quantized weights (GGUF): decode (m <= 16) and prefill, fused outputs of mixed types, with
+// and without the GEMM library. The bound covers the activations' rounding: to int8 per 32
+// (VNNI kernel) or to bf16 with the weights (the bf16 GEMM of the prefill from avx512-bf16 up).
+TEST_P(AtLevel, QuantizedMatMulMatchesReference) {
+  std::mt19937 rng(5);
+  const Isa isa = GetParam();
+  const QuantType types[] = {QuantType::kQ8_0, QuantType::kQ5_0, QuantType::kQ4_K, QuantType::kQ6_K, QuantType::kQ4_0};
+  const DType dtypes[] = {DType::kQ8_0, DType::kQ5_0, DType::kQ4_K, DType::kQ6_K, DType::kQ4_0};
+  for (bool lib : {false, true}) {
+    ComputeOptions opt;
+    opt.num_threads = 2;
+    opt.max_isa = isa;
+    opt.use_gemm_library = lib;
+    auto c = Compute::Create(opt);
+    ASSERT_TRUE(c.ok());
+    for (int64_t m : {1, 5, 17, 40}) {
+      const int64_t k = 512, ldx = k + 8;
+      auto x = Random(m * ldx, rng);
+      const std::vector<int64_t> ns = {37, 130, 48};
+      std::vector<std::vector<uint8_t>> wb(3);
+      std::vector<std::vector<float>> we(3), bias(3), y(3);
+      std::vector<MatMulOutput> outs;
+      for (int o = 0; o < 3; ++o) {
+        const int ti = static_cast<int>((m + o) % 5);
+        const auto wf = Random(ns[o] * k, rng);
+        const int64_t rb = QuantRowBytes(types[ti], k);
+        wb[o].resize(ns[o] * rb);
+        we[o].resize(ns[o] * k);
+        for (int64_t r = 0; r < ns[o]; ++r) {
+          QuantizeRow(types[ti], wf.data() + r * k, k, wb[o].data() + r * rb);
+          DequantizeRow(types[ti], wb[o].data() + r * rb, k, we[o].data() + r * k);
+        }
+        bias[o] = Random(ns[o], rng);
+        y[o].assign(m * (ns[o] + 1), 0.0f);
+        outs.push_back({{wb[o].data(), dtypes[ti], ns[o], k}, o == 1 ? nullptr : bias[o].data(), y[o].data(), ns[o] + 1});
+      }
+      (*c)->MatMul(x.data(), m, ldx, outs);
+      for (int o = 0; o < 3; ++o)
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t j = 0; j < ns[o]; ++j) {
+            double ref = o == 1 ? 0 : bias[o][j], bound = 1e-3;
+            for (int64_t b = 0; b < k; b += 32) {
+              float amax = 0;
+              for (int64_t cc = b; cc < b + 32; ++cc) amax = std::max(amax, std::fabs(x[r * ldx + cc]));
+              for (int64_t cc = b; cc < b + 32; ++cc) {
+                const double w = we[o][j * k + cc], xv = x[r * ldx + cc];
+                ref += w * xv;
+                bound += std::fabs(w) * amax / 254.0 + std::fabs(w * xv) / 128.0;
+              }
+            }
+            ASSERT_NEAR(y[o][r * (ns[o] + 1) + j], ref, bound) << (*c)->Describe() << " m=" << m << " o=" << o;
+          }
     }
   }
 }

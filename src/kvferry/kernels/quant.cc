@@ -52,6 +52,25 @@ void QuantizeQ4_0(const float* x, BlockQ4_0* b) {
   }
 }
 
+void QuantizeQ5_0(const float* x, BlockQ5_0* b) {
+  // As Q4_0 with 32 levels: the element of largest magnitude maps exactly to -16.
+  float amax = 0, max = 0;
+  for (int i = 0; i < 32; ++i)
+    if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), max = x[i];
+  const uint16_t h = HalfUp(amax / 16);
+  b->d = max > 0 ? static_cast<uint16_t>(h | 0x8000) : h;  // d = max / -16
+  const float d = F16ToF32(b->d);
+  uint32_t qh = 0;
+  for (int j = 0; j < 16; ++j) {
+    const int q0 = d == 0 ? 16 : std::clamp(Round(x[j] / d), -16, 15) + 16;
+    const int q1 = d == 0 ? 16 : std::clamp(Round(x[j + 16] / d), -16, 15) + 16;
+    b->qs[j] = static_cast<uint8_t>((q0 & 15) | ((q1 & 15) << 4));
+    qh |= static_cast<uint32_t>(q0 >> 4) << j;
+    qh |= static_cast<uint32_t>(q1 >> 4) << (j + 16);
+  }
+  std::memcpy(b->qh, &qh, 4);
+}
+
 void QuantizeQ4_K(const float* x, BlockQ4_K* b) {
   // Each sub-block covers [-dmin * m, -dmin * m + 15 * d * sc]. m is rounded up so the lower end
   // reaches the sub-block's minimum (or 0), then sc up so the upper end reaches its maximum.
@@ -137,6 +156,17 @@ void DequantizeQ4_0(const BlockQ4_0* b, float* y) {
   }
 }
 
+void DequantizeQ5_0(const BlockQ5_0* b, float* y) {
+  const float d = F16ToF32(b->d);
+  uint32_t qh;
+  std::memcpy(&qh, b->qh, 4);
+  for (int j = 0; j < 16; ++j) {
+    const int h0 = static_cast<int>((qh >> j) & 1), h1 = static_cast<int>((qh >> (j + 16)) & 1);
+    y[j] = static_cast<float>(((b->qs[j] & 15) | (h0 << 4)) - 16) * d;
+    y[j + 16] = static_cast<float>(((b->qs[j] >> 4) | (h1 << 4)) - 16) * d;
+  }
+}
+
 void DequantizeQ4_K(const BlockQ4_K* b, float* y) {
   const float d = F16ToF32(b->d), dmin = F16ToF32(b->dmin);
   for (int j = 0; j < 8; ++j) {
@@ -166,6 +196,7 @@ const char* QuantTypeName(QuantType type) {
     case QuantType::kQ4_0: return "q4_0";
     case QuantType::kQ4_K: return "q4_k";
     case QuantType::kQ6_K: return "q6_k";
+    case QuantType::kQ5_0: return "q5_0";
   }
   return "?";
 }
@@ -173,14 +204,14 @@ const char* QuantTypeName(QuantType type) {
 StatusOr<QuantType> ParseQuantType(std::string_view name) {
   std::string lower(name);
   for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (QuantType t : {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K})
+  for (QuantType t : {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K, QuantType::kQ5_0})
     if (lower == QuantTypeName(t)) return t;
   return InvalidArgumentError("unknown quantization type '" + std::string(name) +
-                              "' (want q8_0, q4_0, q4_k or q6_k)");
+                              "' (want q8_0, q4_0, q5_0, q4_k or q6_k)");
 }
 
 int64_t QuantBlockElems(QuantType type) {
-  return type == QuantType::kQ8_0 || type == QuantType::kQ4_0 ? 32 : 256;
+  return type == QuantType::kQ4_K || type == QuantType::kQ6_K ? 256 : 32;
 }
 
 int64_t QuantBlockBytes(QuantType type) {
@@ -189,6 +220,7 @@ int64_t QuantBlockBytes(QuantType type) {
     case QuantType::kQ4_0: return sizeof(BlockQ4_0);
     case QuantType::kQ4_K: return sizeof(BlockQ4_K);
     case QuantType::kQ6_K: return sizeof(BlockQ6_K);
+    case QuantType::kQ5_0: return sizeof(BlockQ5_0);
   }
   return 0;
 }
@@ -211,6 +243,7 @@ void QuantizeRow(QuantType type, const float* x, int64_t n, void* out) {
       case QuantType::kQ4_0: QuantizeQ4_0(x + k * be, static_cast<BlockQ4_0*>(out) + k); break;
       case QuantType::kQ4_K: QuantizeQ4_K(x + k * be, static_cast<BlockQ4_K*>(out) + k); break;
       case QuantType::kQ6_K: QuantizeQ6_K(x + k * be, static_cast<BlockQ6_K*>(out) + k); break;
+      case QuantType::kQ5_0: QuantizeQ5_0(x + k * be, static_cast<BlockQ5_0*>(out) + k); break;
     }
   }
 }
@@ -223,6 +256,7 @@ void DequantizeRow(QuantType type, const void* in, int64_t n, float* y) {
       case QuantType::kQ4_0: DequantizeQ4_0(static_cast<const BlockQ4_0*>(in) + k, y + k * be); break;
       case QuantType::kQ4_K: DequantizeQ4_K(static_cast<const BlockQ4_K*>(in) + k, y + k * be); break;
       case QuantType::kQ6_K: DequantizeQ6_K(static_cast<const BlockQ6_K*>(in) + k, y + k * be); break;
+      case QuantType::kQ5_0: DequantizeQ5_0(static_cast<const BlockQ5_0*>(in) + k, y + k * be); break;
     }
   }
 }
@@ -232,6 +266,7 @@ float QuantErrorBound(QuantType type, const void* in, int64_t i) {
   switch (type) {
     case QuantType::kQ8_0: return 0.5f * std::fabs(F16ToF32(static_cast<const BlockQ8_0*>(in)[k].d));
     case QuantType::kQ4_0: return std::fabs(F16ToF32(static_cast<const BlockQ4_0*>(in)[k].d));
+    case QuantType::kQ5_0: return std::fabs(F16ToF32(static_cast<const BlockQ5_0*>(in)[k].d));
     case QuantType::kQ4_K: {
       const BlockQ4_K& b = static_cast<const BlockQ4_K*>(in)[k];
       uint8_t sc, m;

@@ -1,6 +1,6 @@
 #pragma once
-// kvferry/kernels quantized weight formats: the block layouts of ggml's Q8_0, Q4_0, Q4_K and
-// Q6_K (bit for bit as llama.cpp reads them from GGUF files), kvferry's own quantizers into
+// kvferry/kernels quantized weight formats: the block layouts of ggml's Q8_0, Q4_0, Q5_0, Q4_K
+// and Q6_K (bit for bit as llama.cpp reads them from GGUF files), kvferry's own quantizers into
 // them and the dequantizers. A row of n elements (n a multiple of the block) is n / block
 // consecutive blocks.
 //
@@ -15,8 +15,8 @@
 
 namespace kvferry::kernels {
 
-enum class QuantType : uint8_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_K = 2, kQ6_K = 3 };
-const char* QuantTypeName(QuantType type);  // "q8_0", "q4_0", "q4_k", "q6_k"
+enum class QuantType : uint8_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_K = 2, kQ6_K = 3, kQ5_0 = 4 };
+const char* QuantTypeName(QuantType type);  // "q8_0", "q4_0", "q4_k", "q6_k", "q5_0"
 StatusOr<QuantType> ParseQuantType(std::string_view name);  // the names above, any case
 
 // Elements per block and bytes per block.
@@ -37,6 +37,14 @@ struct BlockQ4_0 {
   uint16_t d;
   uint8_t qs[16];
 };
+// x[j] = d * (q[j] - 16), q 5 bits: the low 4 as in Q4_0 (qs[j] low nibble for j < 16, qs[j - 16]
+// high nibble above), the fifth is bit j of the little-endian 32-bit qh. llama-quantize stores
+// Q4_K_M's Q4_K matrices as Q5_0 when their rows are not a multiple of 256 (Qwen2.5-0.5B's 896).
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
 // 8 sub-blocks of 32 with 6-bit scales sc and mins m packed into `scales`:
 // x = d * sc * q - dmin * m, q 4 bits; sub-blocks 2i and 2i+1 share qs[32i .. 32i+31]
 // (low nibbles, then high nibbles).
@@ -54,19 +62,19 @@ struct BlockQ6_K {
   int8_t scales[16];
   uint16_t d;
 };
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ5_0) == 22);
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ6_K) == 210);
 
 // Quantizes n floats (a multiple of the block; finite, |x| < 60000) into QuantRowBytes(type, n)
 // bytes at `out`. Deterministic. The error of each element is at most half a quantization step
-// of its sub-block (Q4_0: one step for the elements of the sign opposite to the block's largest
+// of its sub-block (Q4_0, Q5_0: one step for the elements of the sign opposite to the block's largest
 // magnitude), where steps are rounded up so that no element is clipped.
 void QuantizeRow(QuantType type, const float* x, int64_t n, void* out);
 // Expands QuantRowBytes(type, n) bytes into n floats, exactly as ggml's dequantize_row_*.
 void DequantizeRow(QuantType type, const void* in, int64_t n, float* y);
 
 // The largest error QuantizeRow may leave on element i of the row stored at `in` (from the
-// stored scales: half a step, Q4_0 a full step), for tests and the converter's checks.
+// stored scales: half a step, Q4_0 and Q5_0 a full step), for tests and the converter's checks.
 float QuantErrorBound(QuantType type, const void* in, int64_t i);
 
 // Q4_K's 6-bit scale and min of sub-block j (0..7) from the packed `scales`.
@@ -92,6 +100,11 @@ void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, cons
 // QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the reference below.
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy);
+// Dequantizes `rows` rows of `cols` elements (stored as above) into rows*cols bf16 values (bits
+// as uint16_t, round to nearest even): the weight panels of the prefill GEMM. The At form at an
+// ISA level: AVX-512 from avx512-vnni up, DequantizeRow + F32ToBf16 below.
+void DequantizeRowsBf16(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
+void DequantizeRowsBf16At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
 // Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU (and KVFERRY_ISA).
 bool QuantMatMulHasVnni();
 // The QuantType of a quantized DType (kernels.h).

@@ -17,7 +17,7 @@ int main() {
   std::printf("QuantMatMul, 1 thread, %s\n", QuantMatMulHasVnni() ? "AVX-512 VNNI" : "reference");
   std::mt19937 rng(1);
   std::normal_distribution<float> dist;
-  for (QuantType t : {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K}) {
+  for (QuantType t : {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K, QuantType::kQ5_0}) {
     for (const Shape& s : shapes) {
       if (s.cols % QuantBlockElems(t) != 0) continue;
       std::vector<float> wf(s.rows * s.cols), x(s.cols), y(s.rows);

@@ -10,6 +10,8 @@ namespace kvferry::kernels {
 void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                      int64_t ldx, float* y, int64_t ldy);
 
+void DequantizeRowsBf16Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
+
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy) {
   const int64_t rb = QuantRowBytes(type, cols);
@@ -43,6 +45,23 @@ void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t
   }
 }
 
+void DequantizeRowsBf16(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out) {
+  DequantizeRowsBf16At(QuantMatMulHasVnni() ? Isa::kAvx512Vnni : Isa::kScalar, type, w, rows, cols, out);
+}
+
+void DequantizeRowsBf16At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out) {
+  if (isa >= Isa::kAvx512Vnni && DetectIsa() >= Isa::kAvx512Vnni) {
+    DequantizeRowsBf16Vnni(type, w, rows, cols, out);
+    return;
+  }
+  const int64_t rb = QuantRowBytes(type, cols);
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    DequantizeRow(type, static_cast<const char*>(w) + r * rb, cols, row.data());
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = F32ToBf16(row[c]);
+  }
+}
+
 }  // namespace kvferry::kernels
 
 namespace kvferry::kernels {
@@ -52,6 +71,7 @@ QuantType QuantTypeOf(DType dtype) {
     case DType::kQ4_0: return QuantType::kQ4_0;
     case DType::kQ4_K: return QuantType::kQ4_K;
     case DType::kQ6_K: return QuantType::kQ6_K;
+    case DType::kQ5_0: return QuantType::kQ5_0;
     default: return QuantType::kQ8_0;
   }
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <algorithm>
 #include <random>
 #include <string>
@@ -14,7 +15,8 @@
 namespace kvferry::kernels {
 namespace {
 
-constexpr QuantType kTypes[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K};
+constexpr QuantType kTypes[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_K, QuantType::kQ6_K,
+                                QuantType::kQ5_0};
 
 std::vector<float> Gaussian(int64_t n, uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);
@@ -42,6 +44,7 @@ TEST(QuantTest, Sizes) {
   EXPECT_EQ(QuantRowBytes(QuantType::kQ8_0, 896), 28 * 34);
   EXPECT_EQ(QuantRowBytes(QuantType::kQ4_0, 64), 2 * 18);
   EXPECT_EQ(QuantRowBytes(QuantType::kQ4_K, 512), 2 * 144);
+  EXPECT_EQ(QuantRowBytes(QuantType::kQ5_0, 896), 28 * 22);
   EXPECT_EQ(QuantRowBytes(QuantType::kQ6_K, 4864), 19 * 210);
   for (QuantType t : kTypes) {
     auto p = ParseQuantType(QuantTypeName(t));
@@ -55,7 +58,7 @@ TEST(QuantTest, Sizes) {
 // Every element within the bound its block's stored scales give, and the bound itself small
 // relative to the data: the relative RMS error of N(0, 1) data per type.
 TEST(QuantTest, ErrorBoundsPerType) {
-  const double max_rel_rms[] = {0.01, 0.12, 0.12, 0.03};  // q8_0 q4_0 q4_k q6_k
+  const double max_rel_rms[] = {0.01, 0.12, 0.12, 0.03, 0.06};  // q8_0 q4_0 q4_k q6_k q5_0
   int ti = 0;
   for (QuantType t : kTypes) {
     SCOPED_TRACE(QuantTypeName(t));
@@ -87,7 +90,7 @@ TEST(QuantTest, RequantizeIsStable) {
     const Quantized b = RoundTrip(t, a.back);
     for (size_t i = 0; i < x.size(); ++i)
       ASSERT_LE(std::fabs(b.back[i] - a.back[i]), QuantErrorBound(t, b.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-6f);
-    if (t == QuantType::kQ8_0 || t == QuantType::kQ4_0) {
+    if (t == QuantType::kQ8_0 || t == QuantType::kQ4_0 || t == QuantType::kQ5_0) {
       EXPECT_EQ(a.bytes, b.bytes);
     }
   }
@@ -155,6 +158,23 @@ TEST(QuantTest, LayoutsMatchGgml) {
     }
   }
   {
+    // Q5_0 (ggml's dequantize_row_q5_0): element j < 16 is the low nibble of qs[j] with bit j
+    // of qh on top, element j + 16 the high nibble with bit j + 16; minus 16.
+    BlockQ5_0 b{};
+    b.d = F32ToF16(-0.5f);
+    for (int j = 0; j < 16; ++j) b.qs[j] = static_cast<uint8_t>(j * 37 + 5);
+    const uint32_t qh = 0xa5c3961eu;
+    std::memcpy(b.qh, &qh, 4);
+    float y[32];
+    DequantizeRow(QuantType::kQ5_0, &b, 32, y);
+    for (int j = 0; j < 16; ++j) {
+      const int x0 = static_cast<int>((b.qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10)) - 16;
+      const int x1 = static_cast<int>((b.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+      ASSERT_EQ(y[j], -0.5f * x0) << j;
+      ASSERT_EQ(y[j + 16], -0.5f * x1) << j;
+    }
+  }
+  {
     // Q6_K: element n*128 + l (+32, +64, +96) per ggml's loop: ql[l] low, ql[l+32] low,
     // ql[l] high, ql[l+32] high; qh[l] bits 0-1, 2-3, 4-5, 6-7.
     BlockQ6_K b{};
@@ -212,6 +232,37 @@ TEST(QuantTest, MatMulMatchesReference) {
               for (int64_t k = b; k < b + 32; ++k) bound += std::fabs(deq[k]) * amax / 254.0;
             }
             ASSERT_NEAR(y[i * rows + r], ref[i * rows + r], bound * 1.01 + 1e-3) << "row " << r << " token " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The bf16 panels of the prefill GEMM: each level gives the dequantized weights rounded to
+// bf16 (Q4_K's AVX-512 form fuses d*sc*q - dmin*m into one rounding: at most one bf16 step off).
+TEST(QuantTest, DequantizeRowsBf16AtEachLevel) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx512Vnni}) {
+    if (isa > DetectIsa()) continue;
+    for (QuantType t : kTypes) {
+      for (int64_t cols : {32, 96, 256, 768}) {
+        if (cols % QuantBlockElems(t) != 0) continue;
+        SCOPED_TRACE(std::string(IsaName(isa)) + " " + QuantTypeName(t) + " cols " + std::to_string(cols));
+        const int64_t rows = 5, rb = QuantRowBytes(t, cols);
+        const auto x = Gaussian(rows * cols, 3 + cols, 0.7f);
+        std::vector<uint8_t> w(rows * rb);
+        for (int64_t r = 0; r < rows; ++r) QuantizeRow(t, x.data() + r * cols, cols, w.data() + r * rb);
+        std::vector<uint16_t> got(rows * cols);
+        DequantizeRowsBf16At(isa, t, w.data(), rows, cols, got.data());
+        std::vector<float> want(cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRow(t, w.data() + r * rb, cols, want.data());
+          for (int64_t c = 0; c < cols; ++c) {
+            const float a = Bf16ToF32(got[r * cols + c]), b = RoundToBf16(want[c]);
+            if (t == QuantType::kQ4_K)
+              ASSERT_NEAR(a, b, std::fabs(b) / 128 + 1e-30f) << r << "," << c;
+            else
+              ASSERT_EQ(a, b) << r << "," << c;
           }
         }
       }

@@ -53,6 +53,7 @@ uint32_t GgmlOf(QuantType t) {
     case QuantType::kQ4_0: return 2;
     case QuantType::kQ4_K: return 12;
     case QuantType::kQ6_K: return 14;
+    case QuantType::kQ5_0: return 6;
   }
   return 0;
 }
@@ -60,7 +61,7 @@ uint32_t GgmlOf(QuantType t) {
 // The type of a 2-D tensor for a file type, following llama-quantize's choices for the types
 // kvferry has: the output projection (the embedding when tied) and, for Q4_K_M, attn_v and
 // ffn_down of the "more bits" layers get Q6_K; K-quants need rows that are multiples of 256
-// and fall back to Q8_0 otherwise (llama-quantize takes Q5_0 / Q8_0 there).
+// and fall back as llama-quantize's do: Q4_K to Q5_0, Q6_K to Q8_0.
 uint32_t MatrixType(GgufFileType ft, const std::string& name, int64_t row_len, bool is_output, int layer,
                     int n_layers) {
   switch (ft) {
@@ -76,7 +77,7 @@ uint32_t MatrixType(GgufFileType ft, const std::string& name, int64_t row_len, b
       bool more = is_output;
       if (layer >= 0 && (name.find(".attn_v.") != std::string::npos || name.find(".ffn_down.") != std::string::npos))
         more = layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
-      if (!k_ok) return 8;
+      if (!k_ok) return more ? 8 : 6;
       return more ? 14 : 12;
     }
   }
@@ -118,6 +119,7 @@ Status Encode(const std::vector<float>& x, uint32_t type, int64_t row_len, std::
     case 2: q = QuantType::kQ4_0; break;
     case 12: q = QuantType::kQ4_K; break;
     case 14: q = QuantType::kQ6_K; break;
+    case 6: q = QuantType::kQ5_0; break;
     default: return InternalError("no quantizer for " + GgmlTypeName(type));
   }
   const int64_t rows = static_cast<int64_t>(x.size()) / row_len, rb = kernels::QuantRowBytes(q, row_len);

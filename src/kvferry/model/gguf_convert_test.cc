@@ -81,7 +81,11 @@ class GgufConvertTest : public ::testing::Test {
       case 1: kernels::ConvertToF32(p, kernels::DType::kF16, t.numel(), out.data()); break;
       case 30: kernels::ConvertToF32(p, kernels::DType::kBF16, t.numel(), out.data()); break;
       default: {
-        const QuantType q = t.type == 8 ? QuantType::kQ8_0 : t.type == 2 ? QuantType::kQ4_0 : t.type == 12 ? QuantType::kQ4_K : QuantType::kQ6_K;
+        const QuantType q = t.type == 8    ? QuantType::kQ8_0
+                            : t.type == 2  ? QuantType::kQ4_0
+                            : t.type == 6  ? QuantType::kQ5_0
+                            : t.type == 12 ? QuantType::kQ4_K
+                                           : QuantType::kQ6_K;
         const int64_t rows = t.numel() / t.ne[0];
         for (int64_t r = 0; r < rows; ++r)
           kernels::DequantizeRow(q, p + r * kernels::QuantRowBytes(q, t.ne[0]), t.ne[0], out.data() + r * t.ne[0]);

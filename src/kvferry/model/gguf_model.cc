@@ -207,6 +207,7 @@ StatusOr<std::unique_ptr<WeightFiles>> WeightFiles::OpenGguf(const std::string& 
       case GgmlType::kQ4_0: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ4_0; break;
       case GgmlType::kQ4_K: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ4_K; break;
       case GgmlType::kQ6_K: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ6_K; break;
+      case GgmlType::kQ5_0: info.float_dtype = t->ne.size() == 2, info.dtype = DType::kQ5_0; break;
       default: break;  // Get names the tensor and its type
     }
     const bool is_q = hf.find("q_proj.") != std::string::npos, is_k = hf.find("k_proj.") != std::string::npos;

@@ -490,10 +490,12 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
   const float embed_std = c.tie_word_embeddings ? 0.3f : 1.0f;
   specs.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, 0.0f, std::sqrt(3.0f) * embed_std});
   const float out_scale = 2.0f / std::sqrt(static_cast<float>(H));  // logit std ~2
+  // The final norm's gain scales every logit (and their top-1 - top-2 margins) by logit_scale.
+  const float ls = static_cast<float>(o.logit_scale);
   if (c.tie_word_embeddings) {
-    specs.push_back(Vec("model.norm.weight", H, out_scale / embed_std, 0.5f * out_scale / embed_std));
+    specs.push_back(Vec("model.norm.weight", H, ls * out_scale / embed_std, ls * 0.5f * out_scale / embed_std));
   } else {
-    specs.push_back(Vec("model.norm.weight", H, 1.0f, 0.5f));
+    specs.push_back(Vec("model.norm.weight", H, ls, ls * 0.5f));
     specs.push_back({"lm_head.weight", {c.vocab_size, H}, 0.0f, std::sqrt(3.0f) * out_scale});
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {

@@ -226,6 +226,9 @@ struct MakeTinyOptions {
   // "", "none", "linear", "llama3", "yarn". "": llama3 for Llama, none otherwise.
   std::string rope_scaling;
   DType dtype = DType::kBF16;
+  // Multiplies the logits (the final norm's gain): sharper greedy choices, for comparisons with
+  // other engines that skip near-ties. Default 1 (logit std ~2).
+  double logit_scale = 1.0;
   bool show_progress = true;
   TokenizerWriter tokenizer_writer;  // null: WritePlaceholderTokenizer
 };
@@ -241,7 +244,8 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& options);
 // Weight types of a GGUF file written by ConvertToGguf. Matrices take the type; norms, biases
 // and rope_freqs stay f32. kQ4_0 stores the output projection as Q6_K; kQ4_K_M mixes Q4_K with
 // Q6_K for the output projection and for attn_v / ffn_down of llama-quantize's "more bits"
-// layers. K-quant matrices whose rows are not a multiple of 256 are stored as Q8_0.
+// layers. K-quant matrices whose rows are not a multiple of 256 fall back as llama-quantize's
+// do: Q4_K to Q5_0, Q6_K to Q8_0.
 enum class GgufFileType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K_M };
 const char* GgufFileTypeName(GgufFileType type);  // "f32", ..., "q4_k_m"
 StatusOr<GgufFileType> ParseGgufFileType(std::string_view name);
