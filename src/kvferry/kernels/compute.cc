@@ -459,6 +459,32 @@ double Since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+namespace {
+// Rows [begin, end) of one output whose weights are quantized (or a float matrix fused with
+// quantized ones, widened row by row), bias included.
+void QuantRows(const MatMulOutput& o, int64_t begin, int64_t end, const float* x, int64_t m, int64_t ldx, Isa isa) {
+  const int64_t ldy = o.ldy ? o.ldy : o.w.rows;
+  const int64_t rb = DTypeRowBytes(o.w.dtype, o.w.cols);
+  if (IsQuantized(o.w.dtype)) {
+    QuantMatMulAt(isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + begin * rb, end - begin, o.w.cols,
+                  x, m, ldx, o.y + begin, ldy);
+  } else {
+    std::vector<float> row(o.w.cols);
+    for (int64_t r = begin; r < end; ++r) {
+      ConvertToF32(static_cast<const char*>(o.w.data) + r * rb, o.w.dtype, o.w.cols, row.data());
+      for (int64_t t = 0; t < m; ++t) {
+        float s = 0;
+        for (int64_t k = 0; k < o.w.cols; ++k) s += row[k] * x[t * ldx + k];
+        o.y[t * ldy + r] = s;
+      }
+    }
+  }
+  if (o.bias != nullptr)
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t r = begin; r < end; ++r) o.y[t * ldy + r] += o.bias[r];
+}
+}  // namespace
+
 void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outputs) {
   if (m <= 0 || outputs.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
@@ -478,31 +504,20 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
     p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
     return;
   }
-  if (quantized) {  // GGUF weights (quant.h): every output's rows split over the team
-    for (const auto& o : outputs) {
-      const int64_t ldy = o.ldy ? o.ldy : o.w.rows;
-      impl_->ParallelFor(o.w.rows, [&](int64_t begin, int64_t end) {
-        if (begin >= end) return;
-        const int64_t rb = DTypeRowBytes(o.w.dtype, o.w.cols);
-        if (IsQuantized(o.w.dtype)) {
-          QuantMatMulAt(impl_->isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + begin * rb,
-                        end - begin, o.w.cols, x, m, ldx, o.y + begin, ldy);
-        } else {  // a float matrix fused with quantized ones: widen row by row
-          std::vector<float> row(o.w.cols);
-          for (int64_t r = begin; r < end; ++r) {
-            ConvertToF32(static_cast<const char*>(o.w.data) + r * rb, o.w.dtype, o.w.cols, row.data());
-            for (int64_t t = 0; t < m; ++t) {
-              float s = 0;
-              for (int64_t k = 0; k < o.w.cols; ++k) s += row[k] * x[t * ldx + k];
-              o.y[t * ldy + r] = s;
-            }
-          }
-        }
-        if (o.bias != nullptr)
-          for (int64_t t = 0; t < m; ++t)
-            for (int64_t r = begin; r < end; ++r) o.y[t * ldy + r] += o.bias[r];
-      });
-    }
+  if (quantized) {  // GGUF weights (quant.h): the rows of all outputs, one after another, split over the team
+    // One team dispatch for all outputs (q, k and v; gate and up): each is a barrier, and a
+    // part that spans two outputs keeps streaming weights instead of waiting at one.
+    int64_t total = 0;
+    for (const auto& o : outputs) total += o.w.rows;
+    impl_->ParallelFor(total, [&](int64_t begin, int64_t end) {
+      int64_t first = 0;  // row index of the current output's row 0 in the concatenation
+      for (const auto& o : outputs) {
+        const int64_t b = std::max(begin, first) - first, e = std::min(end, first + o.w.rows) - first;
+        first += o.w.rows;
+        if (b >= e) continue;
+        QuantRows(o, b, e, x, m, ldx, impl_->isa);
+      }
+    });
     (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
     if (m <= kGemvMaxM)
       p.gemv_bytes += bytes;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kvferry/kernels/quant.h"
+#include "kvferry/kernels/thread_team.h"
 
 using namespace kvferry::kernels;
 
@@ -34,6 +35,36 @@ int main() {
       }
       std::printf("%-5s %-22s %8.1f us  %6.2f GB/s of weights (%.2f bytes/weight)\n", QuantTypeName(t), s.name,
                   best * 1e6, w.size() / best / 1e9, static_cast<double>(w.size()) / (s.rows * s.cols));
+    }
+  }
+  // Out of cache: 48 matrices of 4864x896 (more than L3), every core, parts handed out like
+  // Compute's (4 per thread): what decode sees.
+  for (int threads : {1, 2}) {
+    ThreadTeam team(threads);
+    for (QuantType t : {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ5_0}) {
+      const int64_t rows = 4864, cols = 896, mats = 48;
+      const int64_t rb = QuantRowBytes(t, cols);
+      std::vector<float> wf(rows * cols), x(cols), y(rows);
+      for (auto& v : wf) v = dist(rng);
+      for (auto& v : x) v = dist(rng);
+      std::vector<uint8_t> one(rows * rb), w(mats * rows * rb);
+      for (int64_t r = 0; r < rows; ++r) QuantizeRow(t, wf.data() + r * cols, cols, one.data() + r * rb);
+      for (int64_t m = 0; m < mats; ++m) std::copy(one.begin(), one.end(), w.begin() + m * rows * rb);
+      double best = 1e9;
+      for (int rep = 0; rep < 5; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t m = 0; m < mats; ++m) {
+          const uint8_t* wm = w.data() + m * rows * rb;
+          const int64_t parts = 4 * threads;
+          team.RunParts(parts, [&](int, int64_t p) {
+            const int64_t b = rows * p / parts, e = rows * (p + 1) / parts;
+            QuantMatMul(t, wm + b * rb, e - b, cols, x.data(), 1, cols, y.data() + b, rows);
+          });
+        }
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("%-5s 48 x 4864x896, %d thread(s), out of cache: %6.2f GB/s of weights\n", QuantTypeName(t), threads,
+                  w.size() / best / 1e9);
     }
   }
   return 0;
