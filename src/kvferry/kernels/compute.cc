@@ -45,6 +45,7 @@ struct Compute::Impl {
   std::unique_ptr<ThreadTeam> team;
   std::vector<std::vector<float>> scratch;  // per thread
   std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
+  std::vector<float> x_rounded;             // shared: x rounded like the int8 kernel (QuantGemm)
   std::vector<float> xt;                    // shared: x packed for the AVX-512 GEMM
   Compute::Profile prof;
 
@@ -73,7 +74,7 @@ struct Compute::Impl {
   void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
-  bool QuantGemmBf16(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  bool QuantGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void AttentionItem(int t, const AttentionArgs& a, const AttentionSequence& seq, int64_t g, int64_t i0, int64_t i1);
 };
 
@@ -250,16 +251,22 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
 // by oneDNN's bf16 GEMM. Each weight is expanded once per call, a small cost next to the m * k
 // multiply-adds of its row. Returns false (nothing is left half done that matters: the caller
 // recomputes every output) when the library refuses.
-bool Compute::Impl::QuantGemmBf16(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
+bool Compute::Impl::QuantGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   const int nt = size();
   const int64_t k = outs[0].w.cols;
-  x_bf16.resize(static_cast<size_t>(m * k));
+  // Activations rounded the way the int8 decode kernel rounds them, and weights dequantized to
+  // exactly what it multiplies: a prompt token's result is then the one a decode step would
+  // give (up to summation order), so disaggregated output equals colocated output.
+  x_rounded.resize(static_cast<size_t>(m * k));
+  std::atomic<bool> failed{false};
   ParallelFor(m, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) table->from_f32(x + r * ldx, k, DType::kBF16, &x_bf16[r * k]);
+    for (int64_t r = b; r < e; ++r)
+      if (!RoundActivationsInt8At(isa, x + r * ldx, k, &x_rounded[r * k])) failed = true;
   });
+  if (failed) return false;
   // Tiles of at most kQuantTileBytes (dequantized, then read by the GEMM while still in L2),
   // at least two per thread, handed out dynamically.
-  const int64_t max_rows = std::max<int64_t>(16, kQuantTileBytes / (2 * k) / 16 * 16);
+  const int64_t max_rows = std::max<int64_t>(16, kQuantTileBytes / (4 * k) / 16 * 16);
   std::vector<RowTile> tiles;
   for (size_t oi = 0; oi < outs.size(); ++oi) {
     const int64_t rows = outs[oi].w.rows;
@@ -267,15 +274,14 @@ bool Compute::Impl::QuantGemmBf16(const float* x, int64_t m, int64_t ldx, std::s
     const int64_t per = std::max<int64_t>(16, ((rows + parts - 1) / parts + 15) / 16 * 16);
     for (int64_t n0 = 0; n0 < rows; n0 += per) tiles.push_back({oi, n0, std::min(rows, n0 + per)});
   }
-  std::atomic<bool> failed{false};
   team->RunParts(static_cast<int64_t>(tiles.size()), [&](int t, int64_t i) {
     if (failed) return;
     const auto& [oi, n0, n1] = tiles[i];
     const MatMulOutput& o = outs[oi];
     const int64_t rb = DTypeRowBytes(o.w.dtype, k);
-    auto* wt = reinterpret_cast<uint16_t*>(Scratch(t, static_cast<size_t>((n1 - n0) * k / 2 + 16)));
-    DequantizeRowsBf16At(isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + n0 * rb, n1 - n0, k, wt);
-    if (!lib->MatMulBf16(t, x_bf16.data(), m, k, wt, n1 - n0, k, o.y + n0, Ldy(o))) {
+    float* wt = Scratch(t, static_cast<size_t>((n1 - n0) * k));
+    DequantizeRowsF32At(isa, QuantTypeOf(o.w.dtype), static_cast<const char*>(o.w.data) + n0 * rb, n1 - n0, k, wt);
+    if (!lib->MatMulF32(t, x_rounded.data(), m, k, wt, n1 - n0, k, o.y + n0, Ldy(o))) {
       failed = true;
       return;
     }
@@ -498,8 +504,8 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   Profile& p = impl_->prof;
   bool all_quantized = quantized;
   for (const auto& o : outputs) all_quantized = all_quantized && IsQuantized(o.w.dtype);
-  if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx512Bf16 &&
-      impl_->QuantGemmBf16(x, m, ldx, outputs)) {
+  if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx512Vnni &&
+      impl_->QuantGemm(x, m, ldx, outputs)) {
     p.gemm_s += Since(t0);
     p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
     return;

@@ -273,7 +273,8 @@ TEST_P(AtLevel, QuantizedMatMulMatchesReference) {
         }
         bias[o] = Random(ns[o], rng);
         y[o].assign(m * (ns[o] + 1), 0.0f);
-        outs.push_back({{wb[o].data(), dtypes[ti], ns[o], k}, o == 1 ? nullptr : bias[o].data(), y[o].data(), ns[o] + 1});
+        outs.push_back(
+            {{wb[o].data(), dtypes[ti], ns[o], k}, o == 1 ? nullptr : bias[o].data(), y[o].data(), ns[o] + 1});
       }
       (*c)->MatMul(x.data(), m, ldx, outs);
       for (int o = 0; o < 3; ++o)
@@ -291,6 +292,51 @@ TEST_P(AtLevel, QuantizedMatMulMatchesReference) {
             }
             ASSERT_NEAR(y[o][r * (ns[o] + 1) + j], ref, bound) << (*c)->Describe() << " m=" << m << " o=" << o;
           }
+    }
+  }
+}
+
+// Quantized weights: a token's result does not depend on the step it ran in. The prefill GEMM
+// (m > 16, with the GEMM library) must give what the int8 decode kernel gives for the same token
+// alone, up to float summation order: the two rounding activations differently (bf16 vs int8)
+// made disaggregated output differ from colocated output at near-ties.
+TEST_P(AtLevel, QuantizedPrefillEqualsDecodePerToken) {
+  const Isa isa = GetParam();
+  if (!HaveGemmLibrary()) GTEST_SKIP() << "built without oneDNN: prefill runs the decode kernel";
+  std::mt19937 rng(12);
+  ComputeOptions opt;
+  opt.num_threads = 2;
+  opt.max_isa = isa;
+  auto c = Compute::Create(opt);
+  ASSERT_TRUE(c.ok());
+  const int64_t m = 40, k = 512, n = 96;
+  const auto x = Random(m * k, rng);
+  for (QuantType t : {QuantType::kQ8_0, QuantType::kQ5_0, QuantType::kQ4_K, QuantType::kQ6_K, QuantType::kQ4_0}) {
+    const DType dt = t == QuantType::kQ8_0   ? DType::kQ8_0
+                     : t == QuantType::kQ5_0 ? DType::kQ5_0
+                     : t == QuantType::kQ4_K ? DType::kQ4_K
+                     : t == QuantType::kQ6_K ? DType::kQ6_K
+                                             : DType::kQ4_0;
+    const auto wf = Random(n * k, rng);
+    const int64_t rb = QuantRowBytes(t, k);
+    std::vector<uint8_t> w(n * rb);
+    std::vector<float> we(n * k);
+    for (int64_t r = 0; r < n; ++r) {
+      QuantizeRow(t, wf.data() + r * k, k, w.data() + r * rb);
+      DequantizeRow(t, w.data() + r * rb, k, we.data() + r * k);
+    }
+    std::vector<float> all(m * n), one(n);
+    const MatMulOutput o_all{{w.data(), dt, n, k}, nullptr, all.data(), n};
+    (*c)->MatMul(x.data(), m, k, {&o_all, 1});
+    for (int64_t r = 0; r < m; ++r) {
+      const MatMulOutput o_one{{w.data(), dt, n, k}, nullptr, one.data(), n};
+      (*c)->MatMul(x.data() + r * k, 1, k, {&o_one, 1});
+      for (int64_t j = 0; j < n; ++j) {
+        double mag = 0;
+        for (int64_t cc = 0; cc < k; ++cc) mag += std::fabs(we[j * k + cc] * x[r * k + cc]);
+        ASSERT_NEAR(all[r * n + j], one[j], 1e-5 * mag + 1e-6)
+            << (*c)->Describe() << " " << QuantTypeName(t) << " token " << r << " row " << j;
+      }
     }
   }
 }

@@ -16,7 +16,7 @@
 namespace kvferry::kernels {
 
 enum class QuantType : uint8_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_K = 2, kQ6_K = 3, kQ5_0 = 4 };
-const char* QuantTypeName(QuantType type);  // "q8_0", "q4_0", "q4_k", "q6_k", "q5_0"
+const char* QuantTypeName(QuantType type);                  // "q8_0", "q4_0", "q4_k", "q6_k", "q5_0"
 StatusOr<QuantType> ParseQuantType(std::string_view name);  // the names above, any case
 
 // Elements per block and bytes per block.
@@ -100,11 +100,16 @@ void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, cons
 // QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the reference below.
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy);
-// Dequantizes `rows` rows of `cols` elements (stored as above) into rows*cols bf16 values (bits
-// as uint16_t, round to nearest even): the weight panels of the prefill GEMM. The At form at an
-// ISA level: AVX-512 from avx512-vnni up, DequantizeRow + F32ToBf16 below.
-void DequantizeRowsBf16(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
-void DequantizeRowsBf16At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
+// Dequantizes `rows` rows of `cols` elements (stored as above) into rows*cols floats, exactly
+// the weights the int8 kernel multiplies (w = A·u − B, one rounding): the weight tiles of the
+// prefill GEMM. AVX-512 from avx512-vnni up, DequantizeRow below.
+void DequantizeRowsF32At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, float* out);
+// x rounded the way QuantMatMulAt's int8 kernel rounds activations (per 32 elements, d · xq),
+// back in f32: a GEMM over these and DequantizeRowsF32At's weights computes what the int8 kernel
+// computes, up to float summation order, so a token's result does not depend on whether it ran
+// in a prefill step (GEMM) or a decode step (int8 GEMV). False (and nothing written) at levels
+// where QuantMatMulAt does not round activations (below avx512-vnni: the reference, exact x).
+bool RoundActivationsInt8At(Isa isa, const float* x, int64_t cols, float* out);
 // Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU (and KVFERRY_ISA).
 bool QuantMatMulHasVnni();
 // The QuantType of a quantized DType (kernels.h).

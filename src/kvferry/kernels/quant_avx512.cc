@@ -31,14 +31,28 @@ constexpr int kMaxTokens = 4;  // token rows that share one pass over the weight
 constexpr int64_t kPrefetchBytes = 8192;
 
 // F16C, inline (F16ToF32 is an out-of-line call: a measurable share per 32-weight block).
-inline float Half(uint16_t h) { return _cvtsh_ss(h); }
+inline float Half(uint16_t h) {
+  return _cvtsh_ss(h);
+}
 
 // One token's activations, quantized, padded with zeros to a multiple of 64 elements.
 struct QuantizedRow {
-  std::vector<int8_t> q;    // xq
-  std::vector<float> dx;    // per 4 elements: the block's dx
-  std::vector<float> sx;    // per 4 elements: dx * sum of their xq
+  std::vector<int8_t> q;  // xq
+  std::vector<float> dx;  // per 4 elements: the block's dx
+  std::vector<float> sx;  // per 4 elements: dx * sum of their xq
 };
+
+// One block of 32 activations: xq = round(x / d) with d = amax / 127, saturated to int8.
+// Decode (QuantizeActivations) and prefill (RoundActivationsInt8Vnni) both round through here,
+// so a token's activations are the same whichever path runs it.
+inline float QuantizeBlock32(const float* x, __m128i* lo, __m128i* hi) {
+  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+  const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(v0)), _mm512_reduce_max_ps(_mm512_abs_ps(v1)));
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  *lo = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv))));
+  *hi = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv))));
+  return amax / 127.0f;
+}
 
 void QuantizeActivations(const float* x, int64_t cols, QuantizedRow* out) {
   const int64_t padded = (cols + 63) / 64 * 64;
@@ -46,13 +60,10 @@ void QuantizeActivations(const float* x, int64_t cols, QuantizedRow* out) {
   out->dx.assign(padded / 4, 0.0f);
   out->sx.assign(padded / 4, 0.0f);
   for (int64_t b = 0; b < cols; b += 32) {
-    const __m512 v0 = _mm512_loadu_ps(x + b), v1 = _mm512_loadu_ps(x + b + 16);
-    const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(v0)), _mm512_reduce_max_ps(_mm512_abs_ps(v1)));
-    const float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
-    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b), _mm512_cvtsepi32_epi8(q0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b + 16), _mm512_cvtsepi32_epi8(q1));
+    __m128i q0, q1;
+    const float d = QuantizeBlock32(x + b, &q0, &q1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b), q0);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q.data() + b + 16), q1);
     for (int l = 0; l < 8; ++l) {
       const int8_t* p = out->q.data() + b + 4 * l;
       out->dx[b / 4 + l] = d;
@@ -61,8 +72,12 @@ void QuantizeActivations(const float* x, int64_t cols, QuantizedRow* out) {
   }
 }
 
-__m512i Concat(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-__m512 Halves(float a, float b) { return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1); }
+__m512i Concat(__m256i lo, __m256i hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+__m512 Halves(float a, float b) {
+  return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+}
 
 // Lanes 4i..4i+3 take s[i] (i < 4).
 __m512 Quarters(const float* s) {
@@ -133,8 +148,8 @@ Q4KScales Q4KBlockScales(const BlockQ4_K& blk) {
 Chunk Q4KChunk(const BlockQ4_K& blk, const Q4KScales& s, int c) {
   const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * c));
   const __m256i m = _mm256_set1_epi8(0x0f);
-  return {Concat(_mm256_and_si256(q, m), _mm256_and_si256(_mm256_srli_epi16(q, 4), m)), Halves(s.a[2 * c], s.a[2 * c + 1]),
-          Halves(s.b[2 * c], s.b[2 * c + 1])};
+  return {Concat(_mm256_and_si256(q, m), _mm256_and_si256(_mm256_srli_epi16(q, 4), m)),
+          Halves(s.a[2 * c], s.a[2 * c + 1]), Halves(s.b[2 * c], s.b[2 * c + 1])};
 }
 
 Chunk Q6KChunk(const BlockQ6_K& blk, const float* a16, int c) {
@@ -245,19 +260,28 @@ void Rows4DotAny(QuantType type, const char* const* rows, int64_t cols, const Qu
   const int64_t chunks = (cols + 63) / 64, nb = cols / 32;
   switch (type) {
     case QuantType::kQ8_0:
-      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
-        return Q8_0Chunk(reinterpret_cast<const BlockQ8_0*>(r) + 2 * c, 2 * c + 1 < nb);
-      }, out, ahead, ahead_bytes);
+      Rows4Dot(
+          rows, chunks, x,
+          [nb](const char* r, int64_t c) {
+            return Q8_0Chunk(reinterpret_cast<const BlockQ8_0*>(r) + 2 * c, 2 * c + 1 < nb);
+          },
+          out, ahead, ahead_bytes);
       break;
     case QuantType::kQ4_0:
-      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
-        return Q4_0Chunk(reinterpret_cast<const BlockQ4_0*>(r) + 2 * c, 2 * c + 1 < nb);
-      }, out, ahead, ahead_bytes);
+      Rows4Dot(
+          rows, chunks, x,
+          [nb](const char* r, int64_t c) {
+            return Q4_0Chunk(reinterpret_cast<const BlockQ4_0*>(r) + 2 * c, 2 * c + 1 < nb);
+          },
+          out, ahead, ahead_bytes);
       break;
     case QuantType::kQ5_0:
-      Rows4Dot(rows, chunks, x, [nb](const char* r, int64_t c) {
-        return Q5_0Chunk(reinterpret_cast<const BlockQ5_0*>(r) + 2 * c, 2 * c + 1 < nb);
-      }, out, ahead, ahead_bytes);
+      Rows4Dot(
+          rows, chunks, x,
+          [nb](const char* r, int64_t c) {
+            return Q5_0Chunk(reinterpret_cast<const BlockQ5_0*>(r) + 2 * c, 2 * c + 1 < nb);
+          },
+          out, ahead, ahead_bytes);
       break;
     case QuantType::kQ4_K: {
       // Per-chunk scale unpacking measured slower than RowDot's once per block (6.0 vs 6.7 GB/s
@@ -268,24 +292,27 @@ void Rows4DotAny(QuantType type, const char* const* rows, int64_t cols, const Qu
       break;
     }
     case QuantType::kQ6_K:
-      Rows4Dot(rows, chunks, x, [](const char* r, int64_t c) {
-        const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(r)[c / 4];
-        const int j = static_cast<int>(c % 4);
-        // Chunk j uses scales 8 (j / 2) + 4 (j % 2) .. + 3.
-        float a16[16];
-        const float d = Half(b.d);
-        const int s0 = 8 * (j / 2) + 4 * (j % 2);
-        for (int i = 0; i < 4; ++i) a16[s0 + i] = d * b.scales[s0 + i];
-        return Q6KChunk(b, a16, j);
-      }, out, ahead, ahead_bytes);
+      Rows4Dot(
+          rows, chunks, x,
+          [](const char* r, int64_t c) {
+            const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(r)[c / 4];
+            const int j = static_cast<int>(c % 4);
+            // Chunk j uses scales 8 (j / 2) + 4 (j % 2) .. + 3.
+            float a16[16];
+            const float d = Half(b.d);
+            const int s0 = 8 * (j / 2) + 4 * (j % 2);
+            for (int i = 0; i < 4; ++i) a16[s0 + i] = d * b.scales[s0 + i];
+            return Q6KChunk(b, a16, j);
+          },
+          out, ahead, ahead_bytes);
       break;
   }
 }
 
 }  // namespace
 
-void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
-                     int64_t ldx, float* y, int64_t ldy) {
+void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                     float* y, int64_t ldy) {
   std::vector<QuantizedRow> xq(m);
   for (int64_t t = 0; t < m; ++t) QuantizeActivations(x + t * ldx, cols, &xq[t]);
   const int64_t rb = QuantRowBytes(type, cols);
@@ -294,7 +321,8 @@ void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, 
     // Groups ahead: about PrefetchBytes, at least one group.
     const int64_t dist = std::max<int64_t>(1, kPrefetchBytes / (4 * rb));
     // The first groups of this range, which no earlier group prefetched.
-    for (int64_t b = 0; b < std::min(rows, 4 * dist) * rb; b += 64) _mm_prefetch(static_cast<const char*>(w) + b, _MM_HINT_T0);
+    for (int64_t b = 0; b < std::min(rows, 4 * dist) * rb; b += 64)
+      _mm_prefetch(static_cast<const char*>(w) + b, _MM_HINT_T0);
     for (; n + 4 <= rows; n += 4) {
       const char* r4[4];
       for (int r = 0; r < 4; ++r) r4[r] = static_cast<const char*>(w) + (n + r) * rb;
@@ -324,19 +352,12 @@ void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, 
 namespace kvferry::kernels {
 namespace {
 
-// bf16 bits of 16 floats, rounded to nearest even (the values are finite).
-inline __m256i ToBf16(__m512 v) {
-  const __m512i b = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
-
-// The first n (32 or 64) weights of a chunk, w = a * u - b, as bf16.
-inline void StoreChunkBf16(const Chunk& ch, int n, uint16_t* out) {
+// The first n (32 or 64) weights of a chunk, w = a * u - b, as f32.
+inline void StoreChunkF32(const Chunk& ch, int n, float* out) {
   for (int g = 0; g < n / 16; ++g) {
-    const __m512i idx = _mm512_set_epi32(4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 2, 4 * g + 2, 4 * g + 2,
-                                         4 * g + 2, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g, 4 * g, 4 * g, 4 * g);
+    const __m512i idx =
+        _mm512_set_epi32(4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2,
+                         4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g, 4 * g, 4 * g, 4 * g);
     __m128i bytes;
     switch (g) {
       case 0: bytes = _mm512_extracti32x4_epi32(ch.u, 0); break;
@@ -345,51 +366,66 @@ inline void StoreChunkBf16(const Chunk& ch, int n, uint16_t* out) {
       default: bytes = _mm512_extracti32x4_epi32(ch.u, 3); break;
     }
     const __m512 uf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
-    const __m512 w = _mm512_fmsub_ps(_mm512_permutexvar_ps(idx, ch.a), uf, _mm512_permutexvar_ps(idx, ch.b));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * g), ToBf16(w));
+    _mm512_storeu_ps(out + 16 * g,
+                     _mm512_fmsub_ps(_mm512_permutexvar_ps(idx, ch.a), uf, _mm512_permutexvar_ps(idx, ch.b)));
+  }
+}
+
+// Calls store(chunk, n, offset) for every chunk of a row: n weights (32 or 64) at element offset.
+template <typename Store>
+void ForEachChunk(QuantType type, const char* row, int64_t cols, const Store& store) {
+  switch (type) {
+    case QuantType::kQ8_0:
+    case QuantType::kQ4_0:
+    case QuantType::kQ5_0: {
+      const int64_t nb = cols / 32;
+      for (int64_t i = 0; i < nb; i += 2) {
+        const bool two = i + 1 < nb;
+        const Chunk ch = type == QuantType::kQ8_0   ? Q8_0Chunk(reinterpret_cast<const BlockQ8_0*>(row) + i, two)
+                         : type == QuantType::kQ4_0 ? Q4_0Chunk(reinterpret_cast<const BlockQ4_0*>(row) + i, two)
+                                                    : Q5_0Chunk(reinterpret_cast<const BlockQ5_0*>(row) + i, two);
+        store(ch, two ? 64 : 32, 32 * i);
+      }
+      break;
+    }
+    case QuantType::kQ4_K: {
+      const auto* b = reinterpret_cast<const BlockQ4_K*>(row);
+      for (int64_t i = 0; i < cols / 256; ++i) {
+        const Q4KScales s = Q4KBlockScales(b[i]);
+        for (int c = 0; c < 4; ++c) store(Q4KChunk(b[i], s, c), 64, 256 * i + 64 * c);
+      }
+      break;
+    }
+    case QuantType::kQ6_K: {
+      const auto* b = reinterpret_cast<const BlockQ6_K*>(row);
+      for (int64_t i = 0; i < cols / 256; ++i) {
+        float a16[16];
+        const float d = Half(b[i].d);
+        for (int j = 0; j < 16; ++j) a16[j] = d * b[i].scales[j];
+        for (int c = 0; c < 4; ++c) store(Q6KChunk(b[i], a16, c), 64, 256 * i + 64 * c);
+      }
+      break;
+    }
   }
 }
 
 }  // namespace
 
-void DequantizeRowsBf16Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out) {
+void DequantizeRowsF32Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, float* out) {
   const int64_t rb = QuantRowBytes(type, cols);
   for (int64_t r = 0; r < rows; ++r) {
-    const char* row = static_cast<const char*>(w) + r * rb;
-    uint16_t* o = out + r * cols;
-    switch (type) {
-      case QuantType::kQ8_0:
-      case QuantType::kQ4_0:
-      case QuantType::kQ5_0: {
-        const int64_t nb = cols / 32;
-        for (int64_t i = 0; i < nb; i += 2) {
-          const bool two = i + 1 < nb;
-          const Chunk ch = type == QuantType::kQ8_0   ? Q8_0Chunk(reinterpret_cast<const BlockQ8_0*>(row) + i, two)
-                           : type == QuantType::kQ4_0 ? Q4_0Chunk(reinterpret_cast<const BlockQ4_0*>(row) + i, two)
-                                                      : Q5_0Chunk(reinterpret_cast<const BlockQ5_0*>(row) + i, two);
-          StoreChunkBf16(ch, two ? 64 : 32, o + 32 * i);
-        }
-        break;
-      }
-      case QuantType::kQ4_K: {
-        const auto* b = reinterpret_cast<const BlockQ4_K*>(row);
-        for (int64_t i = 0; i < cols / 256; ++i) {
-          const Q4KScales s = Q4KBlockScales(b[i]);
-          for (int c = 0; c < 4; ++c) StoreChunkBf16(Q4KChunk(b[i], s, c), 64, o + 256 * i + 64 * c);
-        }
-        break;
-      }
-      case QuantType::kQ6_K: {
-        const auto* b = reinterpret_cast<const BlockQ6_K*>(row);
-        for (int64_t i = 0; i < cols / 256; ++i) {
-          float a16[16];
-          const float d = Half(b[i].d);
-          for (int j = 0; j < 16; ++j) a16[j] = d * b[i].scales[j];
-          for (int c = 0; c < 4; ++c) StoreChunkBf16(Q6KChunk(b[i], a16, c), 64, o + 256 * i + 64 * c);
-        }
-        break;
-      }
-    }
+    float* o = out + r * cols;
+    ForEachChunk(type, static_cast<const char*>(w) + r * rb, cols,
+                 [o](const Chunk& ch, int n, int64_t at) { StoreChunkF32(ch, n, o + at); });
+  }
+}
+
+void RoundActivationsInt8Vnni(const float* x, int64_t cols, float* out) {
+  for (int64_t b = 0; b < cols; b += 32) {
+    __m128i q0, q1;
+    const __m512 d = _mm512_set1_ps(QuantizeBlock32(x + b, &q0, &q1));
+    _mm512_storeu_ps(out + b, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))));
+    _mm512_storeu_ps(out + b + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))));
   }
 }
 

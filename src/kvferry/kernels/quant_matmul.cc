@@ -7,10 +7,11 @@
 namespace kvferry::kernels {
 
 // quant_avx512.cc (compiled with AVX-512 VNNI flags; called only when the CPU has them).
-void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
-                     int64_t ldx, float* y, int64_t ldy);
+void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                     float* y, int64_t ldy);
 
-void DequantizeRowsBf16Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
+void DequantizeRowsF32Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, float* out);
+void RoundActivationsInt8Vnni(const float* x, int64_t cols, float* out);
 
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy) {
@@ -45,21 +46,19 @@ void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t
   }
 }
 
-void DequantizeRowsBf16(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out) {
-  DequantizeRowsBf16At(QuantMatMulHasVnni() ? Isa::kAvx512Vnni : Isa::kScalar, type, w, rows, cols, out);
-}
-
-void DequantizeRowsBf16At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out) {
+void DequantizeRowsF32At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, float* out) {
   if (isa >= Isa::kAvx512Vnni && DetectIsa() >= Isa::kAvx512Vnni) {
-    DequantizeRowsBf16Vnni(type, w, rows, cols, out);
+    DequantizeRowsF32Vnni(type, w, rows, cols, out);
     return;
   }
   const int64_t rb = QuantRowBytes(type, cols);
-  std::vector<float> row(cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    DequantizeRow(type, static_cast<const char*>(w) + r * rb, cols, row.data());
-    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = F32ToBf16(row[c]);
-  }
+  for (int64_t r = 0; r < rows; ++r) DequantizeRow(type, static_cast<const char*>(w) + r * rb, cols, out + r * cols);
+}
+
+bool RoundActivationsInt8At(Isa isa, const float* x, int64_t cols, float* out) {
+  if (isa < Isa::kAvx512Vnni || DetectIsa() < Isa::kAvx512Vnni) return false;
+  RoundActivationsInt8Vnni(x, cols, out);
+  return true;
 }
 
 }  // namespace kvferry::kernels

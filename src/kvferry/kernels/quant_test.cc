@@ -1,9 +1,9 @@
 #include "kvferry/kernels/quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -89,7 +89,8 @@ TEST(QuantTest, RequantizeIsStable) {
     const Quantized a = RoundTrip(t, x);
     const Quantized b = RoundTrip(t, a.back);
     for (size_t i = 0; i < x.size(); ++i)
-      ASSERT_LE(std::fabs(b.back[i] - a.back[i]), QuantErrorBound(t, b.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-6f);
+      ASSERT_LE(std::fabs(b.back[i] - a.back[i]),
+                QuantErrorBound(t, b.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-6f);
     if (t == QuantType::kQ8_0 || t == QuantType::kQ4_0 || t == QuantType::kQ5_0) {
       EXPECT_EQ(a.bytes, b.bytes);
     }
@@ -109,7 +110,8 @@ TEST(QuantTest, ZerosAndConstants) {
       const auto x = Gaussian(512, 5, scale);
       const Quantized q = RoundTrip(t, x);
       for (size_t i = 0; i < x.size(); ++i)
-        ASSERT_LE(std::fabs(q.back[i] - x[i]), QuantErrorBound(t, q.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-9f);
+        ASSERT_LE(std::fabs(q.back[i] - x[i]),
+                  QuantErrorBound(t, q.bytes.data(), static_cast<int64_t>(i)) * 1.0001f + 1e-9f);
     }
   }
 }
@@ -239,9 +241,9 @@ TEST(QuantTest, MatMulMatchesReference) {
   }
 }
 
-// The bf16 panels of the prefill GEMM: each level gives the dequantized weights rounded to
-// bf16 (Q4_K's AVX-512 form fuses d*sc*q - dmin*m into one rounding: at most one bf16 step off).
-TEST(QuantTest, DequantizeRowsBf16AtEachLevel) {
+// The f32 weight tiles of the prefill GEMM: each level gives the weights DequantizeRow gives
+// (the AVX-512 form computes A·u − B with one rounding: within a few ulps of the row's scale).
+TEST(QuantTest, DequantizeRowsF32AtEachLevel) {
   for (Isa isa : {Isa::kScalar, Isa::kAvx512Vnni}) {
     if (isa > DetectIsa()) continue;
     for (QuantType t : kTypes) {
@@ -252,22 +254,45 @@ TEST(QuantTest, DequantizeRowsBf16AtEachLevel) {
         const auto x = Gaussian(rows * cols, 3 + cols, 0.7f);
         std::vector<uint8_t> w(rows * rb);
         for (int64_t r = 0; r < rows; ++r) QuantizeRow(t, x.data() + r * cols, cols, w.data() + r * rb);
-        std::vector<uint16_t> got(rows * cols);
-        DequantizeRowsBf16At(isa, t, w.data(), rows, cols, got.data());
+        std::vector<float> got(rows * cols);
+        DequantizeRowsF32At(isa, t, w.data(), rows, cols, got.data());
         std::vector<float> want(cols);
         for (int64_t r = 0; r < rows; ++r) {
           DequantizeRow(t, w.data() + r * rb, cols, want.data());
-          for (int64_t c = 0; c < cols; ++c) {
-            const float a = Bf16ToF32(got[r * cols + c]), b = RoundToBf16(want[c]);
-            if (t == QuantType::kQ4_K)
-              ASSERT_NEAR(a, b, std::fabs(b) / 128 + 1e-30f) << r << "," << c;
-            else
-              ASSERT_EQ(a, b) << r << "," << c;
-          }
+          float scale = 0;
+          for (float v : want) scale = std::max(scale, std::fabs(v));
+          for (int64_t c = 0; c < cols; ++c) ASSERT_NEAR(got[r * cols + c], want[c], scale * 1e-6f) << r << "," << c;
         }
       }
     }
   }
+}
+
+// Activations rounded as the int8 kernel rounds them: per 32 elements d·q with d = amax/127 and
+// q an integer in [-127, 127], each within d/2 of x; the block's largest |x| is kept exactly
+// (up to d's rounding). Below avx512-vnni nothing is rounded.
+TEST(QuantTest, RoundActivationsInt8) {
+  std::vector<float> out(96, -1.0f);
+  const auto x = Gaussian(96, 11, 2.0f);
+  EXPECT_FALSE(RoundActivationsInt8At(Isa::kAvx512, x.data(), 96, out.data()));
+  EXPECT_EQ(out[0], -1.0f);
+  if (DetectIsa() < Isa::kAvx512Vnni) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
+  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx512Vnni, x.data(), 96, out.data()));
+  for (int64_t b = 0; b < 96; b += 32) {
+    float amax = 0;
+    for (int64_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    for (int64_t i = b; i < b + 32; ++i) {
+      const float q = out[i] / d;
+      EXPECT_NEAR(q, std::round(q), 1e-3f) << i;
+      EXPECT_LE(std::fabs(q), 127.001f) << i;
+      EXPECT_LE(std::fabs(out[i] - x[i]), d * 0.5001f) << i;
+    }
+  }
+  // All-zero blocks stay zero.
+  std::vector<float> zeros(32, 0.0f), z(32, 1.0f);
+  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx512Vnni, zeros.data(), 32, z.data()));
+  for (float v : z) EXPECT_EQ(v, 0.0f);
 }
 
 }  // namespace

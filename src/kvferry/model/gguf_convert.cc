@@ -19,8 +19,8 @@
 namespace kvferry::model {
 namespace {
 
-using nlohmann::json;
 using kernels::QuantType;
+using nlohmann::json;
 
 StatusOr<std::string> ReadText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -45,18 +45,6 @@ struct Plan {
   int64_t permute_heads = 0;   // > 0: apply llama.cpp's Q/K row permutation with this many heads
   std::vector<float> values;   // for generated tensors (rope_freqs)
 };
-
-// ggml type numbers of kvferry's quantizers.
-uint32_t GgmlOf(QuantType t) {
-  switch (t) {
-    case QuantType::kQ8_0: return 8;
-    case QuantType::kQ4_0: return 2;
-    case QuantType::kQ4_K: return 12;
-    case QuantType::kQ6_K: return 14;
-    case QuantType::kQ5_0: return 6;
-  }
-  return 0;
-}
 
 // The type of a 2-D tensor for a file type, following llama-quantize's choices for the types
 // kvferry has: the output projection (the embedding when tied) and, for Q4_K_M, attn_v and
@@ -101,9 +89,7 @@ void PermuteRows(std::vector<float>* v, int64_t n_heads, int64_t row_len) {
 Status Encode(const std::vector<float>& x, uint32_t type, int64_t row_len, std::string* out) {
   const size_t start = out->size();
   switch (type) {
-    case 0:
-      out->append(reinterpret_cast<const char*>(x.data()), x.size() * 4);
-      return Status::Ok();
+    case 0: out->append(reinterpret_cast<const char*>(x.data()), x.size() * 4); return Status::Ok();
     case 1:
     case 30: {
       out->resize(start + x.size() * 2);
@@ -124,7 +110,8 @@ Status Encode(const std::vector<float>& x, uint32_t type, int64_t row_len, std::
   }
   const int64_t rows = static_cast<int64_t>(x.size()) / row_len, rb = kernels::QuantRowBytes(q, row_len);
   out->resize(start + rows * rb);
-  for (int64_t r = 0; r < rows; ++r) kernels::QuantizeRow(q, x.data() + r * row_len, row_len, out->data() + start + r * rb);
+  for (int64_t r = 0; r < rows; ++r)
+    kernels::QuantizeRow(q, x.data() + r * row_len, row_len, out->data() + start + r * rb);
   return Status::Ok();
 }
 
@@ -167,8 +154,10 @@ Status AddTokenizer(const std::string& dir, const ModelConfig& c, GgufWriter* w)
   }
   std::vector<std::string> merges;
   for (const auto& m : model["merges"]) {
-    if (m.is_string()) merges.push_back(m.get<std::string>());
-    else if (m.is_array() && m.size() == 2) merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+    if (m.is_string())
+      merges.push_back(m.get<std::string>());
+    else if (m.is_array() && m.size() == 2)
+      merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
   }
   KVF_ASSIGN_OR_RETURN(std::string pre, PreTokenizerName(tok));
   w->AddString(gguf_keys::kTokenizerModel, "gpt2");
@@ -179,8 +168,9 @@ Status AddTokenizer(const std::string& dir, const ModelConfig& c, GgufWriter* w)
   auto id_of = [&](const char* field) -> int64_t {
     if (!tcfg.contains(field)) return -1;
     const json& v = tcfg[field];
-    std::string content = v.is_string() ? v.get<std::string>()
-                          : v.is_object() && v.contains("content") ? v["content"].get<std::string>() : "";
+    std::string content = v.is_string()                            ? v.get<std::string>()
+                          : v.is_object() && v.contains("content") ? v["content"].get<std::string>()
+                                                                   : "";
     for (const auto& [id, s] : by_id)
       if (!content.empty() && s == content) return id;
     return -1;
@@ -267,8 +257,12 @@ Status ConvertToGguf(const std::string& dir, const std::string& path, const Gguf
   const bool tied = c.tie_word_embeddings || !files->Has("lm_head.weight");
   auto matrix = [&](std::string hf, std::string gg, int64_t rows, int64_t cols, int layer, bool is_output,
                     int64_t permute = 0) {
-    plans.push_back({std::move(hf), gg, {rows, cols}, MatrixType(options.type, gg, cols, is_output, layer, static_cast<int>(L)),
-                     permute, {}});
+    plans.push_back({std::move(hf),
+                     gg,
+                     {rows, cols},
+                     MatrixType(options.type, gg, cols, is_output, layer, static_cast<int>(L)),
+                     permute,
+                     {}});
   };
   auto vec = [&](std::string hf, std::string gg, int64_t n, int64_t permute = 0) {
     plans.push_back({std::move(hf), std::move(gg), {n}, 0, permute, {}});
