@@ -11,7 +11,9 @@ namespace {
 
 using json = nlohmann::json;
 
-void RespondJson(http::Responder& r, int status, const json& body) { r.Respond(status, "application/json", body.dump()); }
+void RespondJson(http::Responder& r, int status, const json& body) {
+  r.Respond(status, "application/json", body.dump());
+}
 
 StatusOr<int64_t> KeyToInt(const std::string& key, const char* what) {
   int64_t v = 0;
@@ -53,8 +55,11 @@ StatusOr<WorkerInfo> DecodeWorkerInfo(std::string_view text) {
 }
 
 std::string EncodeWorkerInfo(const WorkerInfo& w) {
-  return json{{"engine_id", w.engine_id}, {"dp_rank", w.dp_rank}, {"tp_rank", w.tp_rank},
-              {"pp_rank", w.pp_rank}, {"addr", w.addr}}
+  return json{{"engine_id", w.engine_id},
+              {"dp_rank", w.dp_rank},
+              {"tp_rank", w.tp_rank},
+              {"pp_rank", w.pp_rank},
+              {"addr", w.addr}}
       .dump();
 }
 
@@ -125,9 +130,10 @@ void BootstrapRegistry::Deregister(int64_t dp_rank) {
 Status BootstrapRegistry::Register(const WorkerInfo& w) {
   MutexLock l(mu_);
   if (auto r = retired_.find(w.dp_rank); r != retired_.end() && r->second != w.engine_id) {
-    return InvalidArgumentError(fmt::format("dp_rank {} was registered with engine_id {}, not {}; it must rejoin "
-                                            "under the same engine_id",
-                                            w.dp_rank, r->second, w.engine_id));
+    return InvalidArgumentError(
+        fmt::format("dp_rank {} was registered with engine_id {}, not {}; it must rejoin "
+                    "under the same engine_id",
+                    w.dp_rank, r->second, w.engine_id));
   }
   auto it = map_.find(w.dp_rank);
   if (it != map_.end()) {
@@ -137,8 +143,8 @@ Status BootstrapRegistry::Register(const WorkerInfo& w) {
     }
     auto tp = it->second.worker_addr.find(w.tp_rank);
     if (tp != it->second.worker_addr.end() && tp->second.count(w.pp_rank)) {
-      return InvalidArgumentError(fmt::format("worker dp={} tp={} pp={} is already registered", w.dp_rank,
-                                              w.tp_rank, w.pp_rank));
+      return InvalidArgumentError(
+          fmt::format("worker dp={} tp={} pp={} is already registered", w.dp_rank, w.tp_rank, w.pp_rank));
     }
   }
   DpEntry& e = map_[w.dp_rank];
@@ -190,8 +196,8 @@ bool BootstrapRegistry::Handle(const http::Request& req, http::Responder& resp) 
       return true;
     }
     if (!Complete()) {
-      resp.Respond(503, "application/json",
-                   R"({"detail":"the prefiller's workers have not registered yet; retry"})", {{"Retry-After", "1"}});
+      resp.Respond(503, "application/json", R"({"detail":"the prefiller's workers have not registered yet; retry"})",
+                   {{"Retry-After", "1"}});
       return true;
     }
     resp.Respond(200, "application/json", EncodeBootstrapMap(Snapshot()));
@@ -236,8 +242,8 @@ Status RegisterWorker(const std::string& base_url, const WorkerInfo& w, Duration
       continue;
     }
     if (r->status == 200) return Status::Ok();
-    last = FailedPreconditionError(fmt::format("bootstrap {} refused the registration ({}): {}", base_url,
-                                               r->status, r->body));
+    last = FailedPreconditionError(
+        fmt::format("bootstrap {} refused the registration ({}): {}", base_url, r->status, r->body));
     if (r->status == 400) return last;  // a conflict does not go away by retrying
   }
   return last;

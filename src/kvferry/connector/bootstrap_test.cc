@@ -30,9 +30,10 @@ TEST(BootstrapTest, RegisterAndQueryOverHttp) {
   ASSERT_TRUE(RegisterWorker(base, {"eng-b", 1, 0, 0, "tcp://10.0.0.2:5003"}, 5s).ok());
   auto q = http::Fetch(base + "/query", http::FetchOptions{}, Deadline::After(5s));
   ASSERT_TRUE(q.ok());
-  EXPECT_EQ(q->body,
-            R"({"0":{"engine_id":"eng-a","worker_addr":{"0":{"0":"tcp://10.0.0.2:5001"},"1":{"0":"tcp://10.0.0.2:5002"}}},)"
-            R"("1":{"engine_id":"eng-b","worker_addr":{"0":{"0":"tcp://10.0.0.2:5003"}}}})");
+  EXPECT_EQ(
+      q->body,
+      R"({"0":{"engine_id":"eng-a","worker_addr":{"0":{"0":"tcp://10.0.0.2:5001"},"1":{"0":"tcp://10.0.0.2:5002"}}},)"
+      R"("1":{"engine_id":"eng-b","worker_addr":{"0":{"0":"tcp://10.0.0.2:5003"}}}})");
   auto m = QueryBootstrap(base, Deadline::After(5s));
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->at(1).engine_id, "eng-b");
@@ -46,8 +47,9 @@ TEST(BootstrapTest, RegisterAndQueryOverHttp) {
   // Bad bodies.
   http::FetchOptions post;
   post.method = "POST";
-  for (const char* body : {"{}", "[]", "nope", R"({"engine_id":"e","dp_rank":-1,"tp_rank":0,"pp_rank":0,"addr":"tcp://a:1"})",
-                           R"({"engine_id":"e","dp_rank":0,"tp_rank":0,"pp_rank":0,"addr":"http://a:1"})"}) {
+  for (const char* body :
+       {"{}", "[]", "nope", R"({"engine_id":"e","dp_rank":-1,"tp_rank":0,"pp_rank":0,"addr":"tcp://a:1"})",
+        R"({"engine_id":"e","dp_rank":0,"tp_rank":0,"pp_rank":0,"addr":"http://a:1"})"}) {
     post.body = body;
     auto r = http::Fetch(base + "/register", post, Deadline::After(5s));
     ASSERT_TRUE(r.ok());

@@ -14,10 +14,12 @@ namespace {
 using json = nlohmann::json;
 
 const std::set<std::string, std::less<>> kIgnoredVllmKeys = {
-    "kv_buffer_device", "kv_buffer_size", "kv_rank", "kv_parallel_size", "kv_ip", "kv_port",
+    "kv_buffer_device",         "kv_buffer_size",         "kv_rank", "kv_parallel_size", "kv_ip", "kv_port",
     "kv_connector_module_path", "enable_permute_local_kv"};
 
-std::string TypeName(const json& j) { return j.type_name(); }
+std::string TypeName(const json& j) {
+  return j.type_name();
+}
 
 StatusOr<double> ParseSeconds(const char* name, const std::string& text) {
   double v = 0;
@@ -82,11 +84,15 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
     } else if (key == "kv_role") {
       KVF_RETURN_IF_ERROR(need_string());
       std::string r = v.get<std::string>();
-      if (r == "kv_producer") c.role = KvRole::kProducer;
-      else if (r == "kv_consumer") c.role = KvRole::kConsumer;
-      else if (r == "kv_both") c.role = KvRole::kBoth;
-      else return InvalidArgumentError(fmt::format(
-            "--kv-transfer-config: kv_role '{}' is not one of kv_producer, kv_consumer, kv_both", r));
+      if (r == "kv_producer")
+        c.role = KvRole::kProducer;
+      else if (r == "kv_consumer")
+        c.role = KvRole::kConsumer;
+      else if (r == "kv_both")
+        c.role = KvRole::kBoth;
+      else
+        return InvalidArgumentError(
+            fmt::format("--kv-transfer-config: kv_role '{}' is not one of kv_producer, kv_consumer, kv_both", r));
       have_role = true;
     } else if (key == "engine_id") {
       if (v.is_null()) continue;
@@ -96,15 +102,18 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
     } else if (key == "kv_load_failure_policy") {
       KVF_RETURN_IF_ERROR(need_string());
       std::string p = v.get<std::string>();
-      if (p == "fail") c.load_failure_policy = LoadFailurePolicy::kFail;
-      else if (p == "recompute") c.load_failure_policy = LoadFailurePolicy::kRecompute;
-      else return InvalidArgumentError(fmt::format(
-            "--kv-transfer-config: kv_load_failure_policy '{}' is not one of fail, recompute", p));
+      if (p == "fail")
+        c.load_failure_policy = LoadFailurePolicy::kFail;
+      else if (p == "recompute")
+        c.load_failure_policy = LoadFailurePolicy::kRecompute;
+      else
+        return InvalidArgumentError(
+            fmt::format("--kv-transfer-config: kv_load_failure_policy '{}' is not one of fail, recompute", p));
     } else if (key == "kv_connector_extra_config") {
       if (v.is_null()) continue;
       if (!v.is_object()) {
-        return InvalidArgumentError(fmt::format(
-            "--kv-transfer-config: kv_connector_extra_config must be an object, not {}", TypeName(v)));
+        return InvalidArgumentError(
+            fmt::format("--kv-transfer-config: kv_connector_extra_config must be an object, not {}", TypeName(v)));
       }
       for (auto e = v.begin(); e != v.end(); ++e) {
         const std::string& k = e.key();
@@ -116,8 +125,8 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
           }
           int64_t n = x.get<int64_t>();
           if (n < 1 || n > 256) {
-            return InvalidArgumentError(fmt::format(
-                "--kv-transfer-config: kv_connector_extra_config.num_workers {} is outside 1..256", n));
+            return InvalidArgumentError(
+                fmt::format("--kv-transfer-config: kv_connector_extra_config.num_workers {} is outside 1..256", n));
           }
           c.num_workers = static_cast<int>(n);
         } else if (k == "mooncake_protocol") {
@@ -151,10 +160,10 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
           }
           c.bootstrap_server_address = a;
         } else {
-          return InvalidArgumentError(fmt::format(
-              "--kv-transfer-config: unknown key kv_connector_extra_config.{} (known: num_workers, "
-              "mooncake_protocol, bootstrap_server_address)",
-              k));
+          return InvalidArgumentError(
+              fmt::format("--kv-transfer-config: unknown key kv_connector_extra_config.{} (known: num_workers, "
+                          "mooncake_protocol, bootstrap_server_address)",
+                          k));
         }
       }
     } else if (kIgnoredVllmKeys.count(key)) {
@@ -166,8 +175,10 @@ StatusOr<KvTransferConfig> ParseKvTransferConfig(std::string_view text, const En
           key));
     }
   }
-  if (!have_connector) return InvalidArgumentError("--kv-transfer-config: 'kv_connector' is required (\"MooncakeConnector\")");
-  if (!have_role) return InvalidArgumentError("--kv-transfer-config: 'kv_role' is required (kv_producer, kv_consumer or kv_both)");
+  if (!have_connector)
+    return InvalidArgumentError("--kv-transfer-config: 'kv_connector' is required (\"MooncakeConnector\")");
+  if (!have_role)
+    return InvalidArgumentError("--kv-transfer-config: 'kv_role' is required (kv_producer, kv_consumer or kv_both)");
   if (auto p = env("VLLM_MOONCAKE_BOOTSTRAP_PORT")) {
     unsigned port = 0;
     auto [ptr, ec] = std::from_chars(p->data(), p->data() + p->size(), port);

@@ -25,7 +25,7 @@ struct KvTransferConfig {
   LoadFailurePolicy load_failure_policy = LoadFailurePolicy::kFail;
   int num_workers = 10;
   transfer::Protocol protocol = transfer::Protocol::kTcp;
-  bool protocol_from_config = false;  // false: chosen by default (logged)
+  bool protocol_from_config = false;     // false: chosen by default (logged)
   std::string bootstrap_server_address;  // "host:port"; empty: the embedded server
   // Environment.
   uint16_t bootstrap_port = 8998;

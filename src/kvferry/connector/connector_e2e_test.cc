@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include <zmq.hpp>
 
 #include "kvferry/connector/connector.h"
@@ -46,6 +48,7 @@ struct SideOptions {
   Duration load_timeout = 20s;
   Duration unclaimed = 30s;
   int64_t block_size = 16;
+  std::string model_dir;  // empty: the shared tiny model
 };
 
 // One serving instance: an engine and its connector, wired as the server wires them.
@@ -71,6 +74,7 @@ class Side {
     conn = std::move(*c);
     engine::EngineOptions eo = engine::testing::TinyOptions();
     eo.block_size = so.block_size;
+    if (!so.model_dir.empty()) eo.model_dir = so.model_dir;
     eo.hooks = conn->Hooks();
     auto e = Engine::Create(eo);
     EXPECT_TRUE(e.ok()) << e.status().ToString();
@@ -598,8 +602,7 @@ TEST_P(ConnectorE2ETest, DeadWorkerListedByBootstrapEndsTheLoadAtOnce) {
     const Result r = dc.Get("d");
     if (policy == LoadFailurePolicy::kFail) {
       EXPECT_EQ(r.reason, FinishReason::kError);
-      EXPECT_NE(r.error.message().find("refused the side-channel connection"), std::string::npos)
-          << r.error.ToString();
+      EXPECT_NE(r.error.message().find("refused the side-channel connection"), std::string::npos) << r.error.ToString();
     } else {
       EXPECT_EQ(r.reason, FinishReason::kLength);
       EXPECT_EQ(r.tokens, ReferenceGreedy(prompt, 4));
@@ -623,6 +626,36 @@ TEST_P(ConnectorE2ETest, BlockSizeMismatchIsAClearError) {
   EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
   EXPECT_NE(dc.Get("d").error.message().find("block size mismatch"), std::string::npos) << dc.Get("d").error.ToString();
   EXPECT_TRUE(p_->BlocksFree(5s));
+}
+
+// A decoder that loaded other weights of the same shape (the KV blocks are the same size, so
+// the block-size check cannot tell): the prefiller refuses the pull, naming both models, and
+// frees at once; the same model on both sides passes (every other test).
+TEST_P(ConnectorE2ETest, OtherModelOnTheDecoderIsAClearError) {
+  const std::string other = ::testing::TempDir() + "/kvf_connector_other_model_" + std::to_string(::getpid());
+  std::filesystem::remove_all(other);
+  model::MakeTinyOptions mo;
+  mo.seed = 12;  // the shared tiny model's shape, other weights
+  mo.dtype = model::DType::kF32;
+  mo.show_progress = false;
+  ASSERT_TRUE(model::MakeTinyModel(other, mo).ok());
+  SideOptions dopt;
+  dopt.model_dir = other;
+  Make({}, dopt);
+  EXPECT_NE(p_->eng->model_fingerprint(), d_->eng->model_fingerprint());
+  EXPECT_EQ(p_->eng->model_fingerprint().rfind("Qwen2ForCausalLM f32 ", 0), 0u) << p_->eng->model_fingerprint();
+  const auto prompt = RandomPrompt(30, 22);
+  Collector pc, dc;
+  ASSERT_TRUE(p_->Add("p", Greedy("", prompt, 1), PrefillLeg("xfer-model"), pc).ok());
+  ASSERT_TRUE(pc.WaitFinished("p"));
+  ASSERT_TRUE(d_->Add("d", Greedy("", prompt, 4), DecodeLeg(*p_, "xfer-model"), dc).ok());
+  ASSERT_TRUE(dc.WaitFinished("d", 30s));
+  EXPECT_EQ(dc.Get("d").reason, FinishReason::kError);
+  const std::string msg = dc.Get("d").error.message();
+  EXPECT_NE(msg.find("model mismatch"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(d_->eng->model_fingerprint()), std::string::npos) << msg;
+  EXPECT_TRUE(p_->BlocksFree(5s));
+  std::filesystem::remove_all(other);
 }
 
 // Shutdown with work outstanding: the pending load fails at once, held blocks are freed,

@@ -491,6 +491,7 @@ void Consumer::Send(Pull pull, const std::string& addr) {
   m.kv_caches_base_addr = {reinterpret_cast<uint64_t>(engine_->kv_base())};
   m.block_lens = {static_cast<int64_t>(block_bytes_)};
   m.kv_block_lens = {static_cast<int64_t>(block_bytes_)};
+  m.kvferry_model = model_fingerprint_;
   st = SendMultipart(*s, {EncodeXferMetadata(m)});
   if (!st.ok()) {
     FailPull(pull, st.WithContext("prefiller worker " + addr));

@@ -142,6 +142,7 @@ class Consumer {
   Metrics* const metrics_;
   zmq::context_t* const zmq_ctx_;
   const uint64_t block_bytes_;
+  const std::string model_fingerprint_ = engine_->model_fingerprint();  // sent with every pull
   Waker waker_;
   std::unique_ptr<ThreadPool> query_pool_;
   std::thread thread_;

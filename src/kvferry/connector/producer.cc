@@ -280,6 +280,11 @@ void Producer::HandleMessage(std::vector<std::string> frames) {
         "KV block size mismatch: the decoder's block is {} bytes, the prefiller's {} bytes (both sides need "
         "the same model, --block-size and KV dtype)",
         m->block_lens[0], bpb));
+  } else if (!m->kvferry_model.empty() && !model_fingerprint_.empty() && m->kvferry_model != model_fingerprint_) {
+    layout = FailedPreconditionError(
+        fmt::format("model mismatch: the decoder serves {}, this prefiller {} (a prefiller and its decoders must load "
+                    "the same model file)",
+                    m->kvferry_model, model_fingerprint_));
   } else {
     ctx->remote_base = m->kv_caches_base_addr[0];
     ctx->remote_block_len = static_cast<uint64_t>(m->block_lens[0]);

@@ -113,6 +113,7 @@ class Producer {
 
   const KvTransferConfig config_;
   engine::Engine* const engine_;
+  const std::string model_fingerprint_ = engine_->model_fingerprint();  // checked against each pull's
   transfer::TransferEngine* const te_;
   Metrics* const metrics_;
   zmq::context_t* const zmq_ctx_;

@@ -27,7 +27,8 @@ Status Int(const json& j, const char* key, int64_t* out, const char* what, bool 
   }
   if (it->is_number_unsigned()) {
     uint64_t v = it->get<uint64_t>();
-    if (v > static_cast<uint64_t>(INT64_MAX)) return InvalidArgumentError(fmt::format("{}: '{}' is too large", what, key));
+    if (v > static_cast<uint64_t>(INT64_MAX))
+      return InvalidArgumentError(fmt::format("{}: '{}' is too large", what, key));
     *out = static_cast<int64_t>(v);
     return Status::Ok();
   }
@@ -91,6 +92,7 @@ std::string EncodeXferMetadata(const XferMetadata& m) {
   j["registered_layer_names"] = m.registered_layer_names;
   j["registered_layer_indices"] = m.registered_layer_indices;
   j["registered_group_indices"] = m.registered_group_indices;
+  if (!m.kvferry_model.empty()) j["kvferry_model"] = m.kvferry_model;
   std::vector<uint8_t> out = json::to_msgpack(j);
   return std::string(out.begin(), out.end());
 }
@@ -101,7 +103,8 @@ StatusOr<XferMetadata> DecodeXferMetadata(std::string_view bytes) {
   XferMetadata m;
   KVF_RETURN_IF_ERROR(Str(j, "remote_hostname", &m.remote_hostname, what, true));
   KVF_RETURN_IF_ERROR(Int(j, "remote_port", &m.remote_port, what, true));
-  if (m.remote_port <= 0 || m.remote_port > 65535) return InvalidArgumentError(fmt::format("{}: bad remote_port {}", what, m.remote_port));
+  if (m.remote_port <= 0 || m.remote_port > 65535)
+    return InvalidArgumentError(fmt::format("{}: bad remote_port {}", what, m.remote_port));
   KVF_RETURN_IF_ERROR(Int(j, "remote_tp_size", &m.remote_tp_size, what, false));
   KVF_RETURN_IF_ERROR(Int(j, "remote_tp_rank", &m.remote_tp_rank, what, false));
   KVF_RETURN_IF_ERROR(Int(j, "remote_pp_size", &m.remote_pp_size, what, false));
@@ -116,18 +119,22 @@ StatusOr<XferMetadata> DecodeXferMetadata(std::string_view bytes) {
     for (auto it = rb->begin(); it != rb->end(); ++it) {
       const json& v = it.value();
       if (!v.is_array() || v.size() != 2 || !v[0].is_string() || !v[1].is_array()) {
-        return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] is not [transfer_id, [[block ids]...]]", what, it.key()));
+        return InvalidArgumentError(
+            fmt::format("{}: req_blocks['{}'] is not [transfer_id, [[block ids]...]]", what, it.key()));
       }
       ReqBlocks b;
       b.transfer_id = v[0].get<std::string>();
       size_t total = 0;
       for (const json& g : v[1]) {
-        if (!g.is_array()) return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] has a non-list group", what, it.key()));
+        if (!g.is_array())
+          return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] has a non-list group", what, it.key()));
         std::vector<int64_t> ids;
         total += g.size();
-        if (total > kMaxBlocksPerRequest) return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] has too many blocks", what, it.key()));
+        if (total > kMaxBlocksPerRequest)
+          return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] has too many blocks", what, it.key()));
         for (const json& x : g) {
-          if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) ||
+          if (!x.is_number_integer() ||
+              (x.is_number_unsigned() && x.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) ||
               x.get<int64_t>() < 0) {
             return InvalidArgumentError(fmt::format("{}: req_blocks['{}'] has a bad block id", what, it.key()));
           }
@@ -144,12 +151,16 @@ StatusOr<XferMetadata> DecodeXferMetadata(std::string_view bytes) {
   KVF_RETURN_IF_ERROR(List(j, "registered_layer_names", &m.registered_layer_names, what));
   KVF_RETURN_IF_ERROR(List(j, "registered_layer_indices", &m.registered_layer_indices, what));
   KVF_RETURN_IF_ERROR(List(j, "registered_group_indices", &m.registered_group_indices, what));
+  KVF_RETURN_IF_ERROR(Str(j, "kvferry_model", &m.kvferry_model, what, false));
+  if (m.kvferry_model.size() > 512) return InvalidArgumentError(fmt::format("{}: 'kvferry_model' is too long", what));
   if (m.block_lens.size() != m.kv_caches_base_addr.size() ||
       (!m.kv_block_lens.empty() && m.kv_block_lens.size() != m.kv_caches_base_addr.size())) {
-    return InvalidArgumentError(fmt::format("{}: kv_caches_base_addr, block_lens and kv_block_lens differ in length", what));
+    return InvalidArgumentError(
+        fmt::format("{}: kv_caches_base_addr, block_lens and kv_block_lens differ in length", what));
   }
   for (size_t i = 0; i < m.block_lens.size(); ++i) {
-    if (m.block_lens[i] <= 0 || (!m.kv_block_lens.empty() && (m.kv_block_lens[i] <= 0 || m.kv_block_lens[i] > m.block_lens[i]))) {
+    if (m.block_lens[i] <= 0 ||
+        (!m.kv_block_lens.empty() && (m.kv_block_lens[i] <= 0 || m.kv_block_lens[i] > m.block_lens[i]))) {
       return InvalidArgumentError(fmt::format("{}: region {} has bad block lengths", what, i));
     }
   }

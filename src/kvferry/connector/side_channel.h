@@ -31,6 +31,10 @@ struct XferMetadata {  // MooncakeXferMetadata, decoder → prefiller
   std::vector<std::string> registered_layer_names;
   std::vector<int64_t> registered_layer_indices;
   std::vector<int64_t> registered_group_indices;
+  // kvferry's addition, absent from vLLM's struct (msgspec ignores unknown fields, and so does
+  // kvferry): model::Model::Fingerprint() of the decoder's weights. Sent when known; a kvferry
+  // prefiller that serves other weights refuses the pull. Empty: not sent / not checked.
+  std::string kvferry_model;
 };
 
 enum class XferStatus : int { kFinish = 0, kContinue = 1, kError = 2 };

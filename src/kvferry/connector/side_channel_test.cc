@@ -36,6 +36,20 @@ TEST(SideChannelTest, MetadataRoundTripAsMsgpackMap) {
   EXPECT_EQ(back->req_blocks.at("d-req-1").groups[0], (std::vector<int64_t>{4, 5, 6, 9}));
   EXPECT_TRUE(back->req_blocks.at("d-req-2").groups[0].empty());
   EXPECT_EQ(back->kv_caches_base_addr[0], 0x7f0000000000ull);
+  // kvferry's model fingerprint: sent only when known, and read back.
+  EXPECT_FALSE(j.contains("kvferry_model"));
+  EXPECT_TRUE(back->kvferry_model.empty());
+  m.kvferry_model = "Qwen2ForCausalLM q8_0 24x896 #0123456789abcdef";
+  auto with = DecodeXferMetadata(EncodeXferMetadata(m));
+  ASSERT_TRUE(with.ok()) << with.status().ToString();
+  EXPECT_EQ(with->kvferry_model, m.kvferry_model);
+  json bad = json::from_msgpack(EncodeXferMetadata(m));
+  bad["kvferry_model"] = 7;
+  std::vector<uint8_t> raw = json::to_msgpack(bad);
+  EXPECT_FALSE(DecodeXferMetadata(std::string(raw.begin(), raw.end())).ok());
+  bad["kvferry_model"] = std::string(600, 'x');
+  raw = json::to_msgpack(bad);
+  EXPECT_FALSE(DecodeXferMetadata(std::string(raw.begin(), raw.end())).ok());
 }
 
 TEST(SideChannelTest, DefaultsMayBeOmittedLikeMsgspecDoes) {

@@ -118,5 +118,7 @@ bool SplitHostPort(const std::string& host_port, std::string* host, int64_t* por
 #endif
 #endif
 #if defined(KVF_TSAN_BUILD)
-extern "C" __attribute__((weak)) const char* __tsan_default_suppressions() { return "called_from_lib:libzmq.so\n"; }
+extern "C" __attribute__((weak)) const char* __tsan_default_suppressions() {
+  return "called_from_lib:libzmq.so\n";
+}
 #endif

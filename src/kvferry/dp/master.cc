@@ -78,6 +78,7 @@ class RemoteEngine final : public engine::Engine {
     return s;
   }
   const model::ModelConfig& model_config() const override { return model_->model_config(); }
+  std::string model_fingerprint() const override { return model_->model_fingerprint(); }
   int64_t max_model_len() const override { return model_->max_model_len(); }
   void* kv_base() const override { return nullptr; }
   size_t kv_size_bytes() const override {

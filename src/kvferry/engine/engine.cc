@@ -106,6 +106,7 @@ class EngineImpl final : public Engine {
     return stats_;
   }
   const model::ModelConfig& model_config() const override { return model_->config(); }
+  std::string model_fingerprint() const override { return fingerprint_; }
   int64_t max_model_len() const override { return max_model_len_; }
   void* kv_base() const override { return cache_->base(); }
   size_t kv_size_bytes() const override { return cache_->size_bytes(); }
@@ -216,6 +217,7 @@ class EngineImpl final : public Engine {
 
   const EngineOptions options_;
   const std::unique_ptr<model::Model> model_;
+  const std::string fingerprint_ = model_->Fingerprint();  // after model_ (declaration order)
   const std::unique_ptr<model::KvCache> cache_;
   const int64_t max_model_len_;
   Scheduler scheduler_;  // scheduler thread only

@@ -25,16 +25,16 @@
 namespace kvferry::engine {
 
 struct SamplingParams {
-  double temperature = 1.0;  // 0 = greedy
-  double top_p = 1.0;        // (0, 1]
-  int top_k = 0;             // 0 or -1 = off
-  double min_p = 0.0;        // [0, 1]
-  std::optional<uint64_t> seed;  // per-request RNG seed: same seed, same output
+  double temperature = 1.0;         // 0 = greedy
+  double top_p = 1.0;               // (0, 1]
+  int top_k = 0;                    // 0 or -1 = off
+  double min_p = 0.0;               // [0, 1]
+  std::optional<uint64_t> seed;     // per-request RNG seed: same seed, same output
   double repetition_penalty = 1.0;  // > 0; HF semantics over prompt + output tokens
   double presence_penalty = 0.0;    // OpenAI semantics over output tokens
   double frequency_penalty = 0.0;
-  int max_tokens = 16;              // >= 1
-  int min_tokens = 0;               // EOS/stop tokens suppressed before this many
+  int max_tokens = 16;                  // >= 1
+  int min_tokens = 0;                   // EOS/stop tokens suppressed before this many
   std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS ids
   bool ignore_eos = false;
   int logprobs = -1;  // -1: none; n >= 0: the sampled token's logprob plus the top n
@@ -59,9 +59,9 @@ struct Output {
   std::vector<TokenLogprob> logprobs;  // parallel to new_tokens when requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  Status error;                // set when finish_reason == kError
+  Status error;  // set when finish_reason == kError
   int num_prompt_tokens = 0;
-  int num_cached_tokens = 0;   // prompt tokens served from the prefix cache (or remote KV)
+  int num_cached_tokens = 0;  // prompt tokens served from the prefix cache (or remote KV)
   // When the request asked to hold its blocks (connector producer) and finished with kStop or
   // kLength: the block ids holding its prompt's KV, in prompt order, valid until
   // ReleaseHeldBlocks. An aborted or failed request frees its blocks instead.
@@ -71,13 +71,13 @@ using OutputCallback = std::function<void(const Output&)>;
 
 // Per-request connector role.
 enum class KvRole {
-  kLocal,         // ordinary request
-  kHoldForRemote, // producer: run the prompt, finish, keep the KV blocks until ReleaseHeldBlocks
-  kLoadRemote,    // consumer: allocate blocks, ask the connector to fill them, then decode
+  kLocal,          // ordinary request
+  kHoldForRemote,  // producer: run the prompt, finish, keep the KV blocks until ReleaseHeldBlocks
+  kLoadRemote,     // consumer: allocate blocks, ask the connector to fill them, then decode
 };
 
 struct RequestSpec {
-  std::string id;  // unique among active requests (AlreadyExists otherwise)
+  std::string id;               // unique among active requests (AlreadyExists otherwise)
   std::vector<int32_t> prompt;  // non-empty, < max_model_len
   SamplingParams sampling;
   KvRole kv_role = KvRole::kLocal;
@@ -90,8 +90,7 @@ struct ConnectorHooks {
   // prompt in order, the first `num_local_cached_tokens` tokens already hold valid KV
   // (prefix cache) and need not be fetched. The request stays parked, not holding up
   // others, until FinishRemoteKv.
-  std::function<void(const std::string& request_id, std::span<const int32_t> block_ids,
-                      int num_local_cached_tokens)>
+  std::function<void(const std::string& request_id, std::span<const int32_t> block_ids, int num_local_cached_tokens)>
       on_remote_kv_needed;
   // A parked kLoadRemote request was aborted (client gone) before its KV arrived. Return true
   // when a remote write into its blocks may still be in flight: the engine then keeps the
@@ -109,23 +108,23 @@ struct EngineOptions {
   int64_t num_kv_blocks = 0;
   uint64_t kv_cache_bytes = 1ull << 30;
   model::DType kv_dtype = model::DType::kBF16;
-  int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
-  int max_num_seqs = 64;              // running requests per step
+  int64_t max_model_len = 0;              // 0: the model's max_position_embeddings
+  int max_num_seqs = 64;                  // running requests per step
   int64_t max_num_batched_tokens = 2048;  // token budget per step (chunked prefill)
   bool enable_prefix_caching = true;
-  size_t max_waiting = 1024;          // Add beyond this is ResourceExhausted (HTTP 503)
-  uint64_t seed = 0;                  // requests without a seed get one mixed from this and
-                                      // their order of arrival
+  size_t max_waiting = 1024;  // Add beyond this is ResourceExhausted (HTTP 503)
+  uint64_t seed = 0;          // requests without a seed get one mixed from this and
+                              // their order of arrival
   ConnectorHooks hooks;
 };
 
 struct EngineStats {
   int num_running = 0;
-  int num_waiting = 0;          // including parked remote-KV requests
+  int num_waiting = 0;  // including parked remote-KV requests
   int num_waiting_remote = 0;
   int64_t blocks_total = 0;
-  int64_t blocks_used = 0;      // referenced by requests (running, waiting, held)
-  int64_t blocks_held = 0;      // held for remote consumers
+  int64_t blocks_used = 0;            // referenced by requests (running, waiting, held)
+  int64_t blocks_held = 0;            // held for remote consumers
   uint64_t prefix_cache_queries = 0;  // prompt tokens looked up
   uint64_t prefix_cache_hits = 0;     // prompt tokens found
   uint64_t prompt_tokens_total = 0;
@@ -164,6 +163,8 @@ class Engine {
 
   virtual EngineStats GetStats() const = 0;
   virtual const model::ModelConfig& model_config() const = 0;
+  // model::Model::Fingerprint() of the weights it serves; empty when it cannot tell.
+  virtual std::string model_fingerprint() const { return {}; }
   virtual int64_t max_model_len() const = 0;
   // The KV arena, for registering with the transfer engine: base, size, block stride.
   virtual void* kv_base() const = 0;

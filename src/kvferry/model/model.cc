@@ -8,10 +8,12 @@
 #include <fstream>
 #include <sstream>
 
-#include "kvferry/model/model.h"
-#include "kvferry/model/progress.h"
+#include <fmt/format.h>
+
 #include "kvferry/kernels/quant.h"
 #include "kvferry/model/gguf_model.h"
+#include "kvferry/model/model.h"
+#include "kvferry/model/progress.h"
 #include "kvferry/model/weights.h"
 
 namespace kvferry::model {
@@ -208,6 +210,33 @@ std::string Model::Describe() const {
          std::to_string(c.hidden_size) + ", heads " + std::to_string(c.num_heads) + "/" +
          std::to_string(c.num_kv_heads) + ", vocab " + std::to_string(c.vocab_size) + ", " +
          kernels::DTypeName(weight_dtype()) + " weights; " + impl_->compute->Describe();
+}
+
+std::string Model::Fingerprint() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits
+  auto mix = [&h](const void* p, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  auto matrix = [&](const Matrix& m) {
+    const int64_t shape[3] = {static_cast<int64_t>(m.dtype), m.rows, m.cols};
+    mix(shape, sizeof(shape));
+    const int64_t bytes = m.rows * kernels::DTypeRowBytes(m.dtype, m.cols);
+    const auto* d = static_cast<const char*>(m.data);
+    if (d == nullptr || bytes <= 0) return;
+    for (int64_t at : {int64_t{0}, bytes / 2, bytes - 64}) {
+      const int64_t from = std::max<int64_t>(0, at);
+      mix(d + from, static_cast<size_t>(std::min<int64_t>(64, bytes - from)));
+    }
+  };
+  matrix(impl_->embed);
+  matrix(impl_->lm_head);
+  for (const Layer& l : impl_->layers)
+    for (const Matrix* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) matrix(*m);
+  mix(impl_->final_norm.data(), impl_->final_norm.size() * sizeof(float));
+  const ModelConfig& c = impl_->config;
+  return fmt::format("{} {} {}x{} #{:016x}", ArchitectureName(c.arch), kernels::DTypeName(weight_dtype()), c.num_layers,
+                     c.hidden_size, h);
 }
 
 std::string Model::DescribeWeightMemory() const {

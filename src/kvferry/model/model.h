@@ -173,6 +173,12 @@ class Model {
   uint64_t decode_weight_bytes() const;
   // "Qwen2ForCausalLM 24 layers bf16, isa=... threads=2 gemm=..."
   std::string Describe() const;
+  // Identifies the weights: "Qwen2ForCausalLM q8_0 24x896 #<16 hex digits>", the hash over every
+  // matrix's dtype and shape and 64 bytes at its start, middle and end, and the final norm. Two
+  // loads of one file (safetensors directory or GGUF) give the same string; another model,
+  // another quantization of it or other random weights of the same shape give another. The
+  // connector compares the prefiller's with the decoder's.
+  std::string Fingerprint() const;
   // "988 MB read into memory, 986 MB in 2 MiB pages" or "988 MB mapped from the files".
   std::string DescribeWeightMemory() const;
   // The compute team Forward runs on (its Profile shows where the time went).

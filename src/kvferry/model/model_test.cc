@@ -179,6 +179,24 @@ TEST(Model, F16WeightsMatchF32) {
   EXPECT_LT(MaxAbsDiff(FullLogits(*m32, toks), FullLogits(*m16, toks)), 0.05);
 }
 
+// The connector compares fingerprints: two loads of one model agree (in memory or mapped), the
+// same model in another dtype does not.
+TEST(Model, FingerprintIdentifiesTheWeights) {
+  const std::string d32 = MakeModel("fp32", Architecture::kQwen2, DType::kF32);
+  const std::string d16 = MakeModel("fp16", Architecture::kQwen2, DType::kF16);
+  auto a = Load(d32), b = Load(d32), c = Load(d16);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(a->Fingerprint(), b->Fingerprint());
+  EXPECT_EQ(a->Fingerprint().rfind("Qwen2ForCausalLM f32 ", 0), 0u) << a->Fingerprint();
+  EXPECT_NE(a->Fingerprint(), c->Fingerprint());
+  setenv("KVFERRY_WEIGHTS", "mmap", 1);
+  auto mapped = Load(d32);
+  unsetenv("KVFERRY_WEIGHTS");
+  ASSERT_NE(mapped, nullptr);
+  EXPECT_EQ(mapped->Fingerprint(), a->Fingerprint());
+}
+
 TEST(Model, KvCacheLayoutIsBlockMajor) {
   const std::string dir = MakeModel("layout", Architecture::kQwen2, DType::kBF16);
   auto m = Load(dir);
@@ -186,8 +204,7 @@ TEST(Model, KvCacheLayoutIsBlockMajor) {
   const ModelConfig& c = m->config();
   auto cache = m->CreateKvCache({.num_blocks = 8, .block_size = 16, .dtype = DType::kBF16});
   ASSERT_TRUE(cache.ok());
-  EXPECT_EQ((*cache)->bytes_per_block(),
-            static_cast<size_t>(c.num_layers * 2 * c.num_kv_heads * 16 * c.head_dim * 2));
+  EXPECT_EQ((*cache)->bytes_per_block(), static_cast<size_t>(c.num_layers * 2 * c.num_kv_heads * 16 * c.head_dim * 2));
   EXPECT_EQ((*cache)->size_bytes(), 8 * (*cache)->bytes_per_block());
   EXPECT_EQ(reinterpret_cast<uintptr_t>((*cache)->base()) % 4096, 0u);
   // A 20-token prompt in blocks 3 and 4 writes only inside those blocks' byte range.
@@ -231,8 +248,8 @@ TEST(Model, ForwardRejectsBadInput) {
 
 TEST(Model, MakeTinyWritesCompleteDirectory) {
   const std::string dir = MakeModel("files", Architecture::kQwen2, DType::kBF16);
-  for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                        "tokenizer_config.json"})
+  for (const char* f :
+       {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
   EXPECT_NE(Slurp(dir + "/tokenizer_config.json").find("<|im_start|>"), std::string::npos);
   EXPECT_NE(Slurp(dir + "/tokenizer.json").find("\"merges\""), std::string::npos);
@@ -327,8 +344,8 @@ TEST(Model, LoadsShardedCheckpoint) {
       const TensorInfo& t = header->tensors[i];
       std::string shape;
       for (auto d : t.shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-      json += std::string(first ? "" : ",") + "\"" + t.name + "\":{\"dtype\":\"" + t.dtype_name +
-              "\",\"shape\":[" + shape + "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
+      json += std::string(first ? "" : ",") + "\"" + t.name + "\":{\"dtype\":\"" + t.dtype_name + "\",\"shape\":[" +
+              shape + "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
               std::to_string(data.size() + t.end - t.begin) + "]}";
       data += file.substr(t.begin, t.end - t.begin);
       const std::string name = "model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors";
