@@ -16,7 +16,7 @@
 namespace kvferry::kernels {
 
 enum class QuantType : uint8_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_K = 2, kQ6_K = 3, kQ5_0 = 4 };
-const char* QuantTypeName(QuantType type);  // "q8_0", "q4_0", "q4_k", "q6_k", "q5_0"
+const char* QuantTypeName(QuantType type);                  // "q8_0", "q4_0", "q4_k", "q6_k", "q5_0"
 StatusOr<QuantType> ParseQuantType(std::string_view name);  // the names above, any case
 
 // Elements per block and bytes per block.
@@ -91,18 +91,21 @@ namespace kvferry::kernels {
 // QuantMatMulReference dequantizes each row and accumulates in double: the exact product of
 // the stored weights, for tests. QuantMatMul is the fast path: activations quantized to int8
 // per 32 elements (like llama.cpp's Q8 activations) and int8 dot products (AVX-512 VNNI
-// vpdpbusd) when the CPU has them, else the reference; it differs from the reference by the
-// activations' rounding (relative ~0.4% per block).
+// vpdpbusd, else AVX2 vpmaddubsw) when the CPU has them, else the reference; it differs from the
+// reference by the activations' rounding (relative ~0.4% per block). Both int8 kernels round the
+// activations identically, so they differ from each other only in the order of float sums.
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy);
 void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
                  float* y, int64_t ldy);
-// QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the reference below.
+// QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the AVX2 kernel at avx2 and
+// avx512, the reference at scalar (each also needs the CPU to have it: DetectIsa()).
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy);
 // Dequantizes `rows` rows of `cols` elements (stored as above) into rows*cols bf16 values (bits
 // as uint16_t, round to nearest even): the weight panels of the prefill GEMM. The At form at an
-// ISA level: AVX-512 from avx512-vnni up, DequantizeRow + F32ToBf16 below.
+// ISA level: AVX-512 from avx512-vnni up, DequantizeRow + F32ToBf16 below (the bf16 GEMM that
+// uses the panels runs from avx512-bf16 up, so the slow form serves tests only).
 void DequantizeRowsBf16(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
 void DequantizeRowsBf16At(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
 // Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU (and KVFERRY_ISA).

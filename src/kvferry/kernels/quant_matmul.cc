@@ -7,10 +7,14 @@
 namespace kvferry::kernels {
 
 // quant_avx512.cc (compiled with AVX-512 VNNI flags; called only when the CPU has them).
-void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
-                     int64_t ldx, float* y, int64_t ldy);
+void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                     float* y, int64_t ldy);
 
 void DequantizeRowsBf16Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, uint16_t* out);
+
+// quant_avx2.cc (compiled with AVX2 + FMA + F16C flags; called only when the CPU has them).
+void QuantMatMulAvx2(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                     float* y, int64_t ldy);
 
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy) {
@@ -33,13 +37,17 @@ bool QuantMatMulHasVnni() {
 
 void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
                  float* y, int64_t ldy) {
-  QuantMatMulAt(QuantMatMulHasVnni() ? Isa::kAvx512Vnni : Isa::kScalar, type, w, rows, cols, x, m, ldx, y, ldy);
+  auto isa = SelectedIsa();
+  QuantMatMulAt(isa.ok() ? *isa : Isa::kScalar, type, w, rows, cols, x, m, ldx, y, ldy);
 }
 
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy) {
-  if (isa >= Isa::kAvx512Vnni && DetectIsa() >= Isa::kAvx512Vnni) {
+  const Isa cpu = DetectIsa();
+  if (isa >= Isa::kAvx512Vnni && cpu >= Isa::kAvx512Vnni) {
     QuantMatMulVnni(type, w, rows, cols, x, m, ldx, y, ldy);
+  } else if (isa >= Isa::kAvx2 && cpu >= Isa::kAvx2) {
+    QuantMatMulAvx2(type, w, rows, cols, x, m, ldx, y, ldy);
   } else {
     QuantMatMulReference(type, w, rows, cols, x, m, ldx, y, ldy);
   }
