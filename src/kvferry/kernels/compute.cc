@@ -504,7 +504,7 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   Profile& p = impl_->prof;
   bool all_quantized = quantized;
   for (const auto& o : outputs) all_quantized = all_quantized && IsQuantized(o.w.dtype);
-  if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx512Vnni &&
+  if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx2 &&
       impl_->QuantGemm(x, m, ldx, outputs)) {
     p.gemm_s += Since(t0);
     p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);

@@ -241,7 +241,8 @@ TEST_P(AtLevel, MatMulFusedOutputsMatchReference) {
 
 // Quantized weights (GGUF): decode (m <= 16) and prefill, fused outputs of mixed types, with
 // and without the GEMM library. The bound covers the activations' rounding: to int8 per 32
-// (VNNI kernel) or to bf16 with the weights (the bf16 GEMM of the prefill from avx512-bf16 up).
+// (the VNNI kernel; the AVX2 kernel at avx2 and avx512) or to bf16 with the weights (the bf16
+// GEMM of the prefill from avx512-bf16 up).
 TEST_P(AtLevel, QuantizedMatMulMatchesReference) {
   std::mt19937 rng(5);
   const Isa isa = GetParam();

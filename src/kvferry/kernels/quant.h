@@ -91,13 +91,15 @@ namespace kvferry::kernels {
 // QuantMatMulReference dequantizes each row and accumulates in double: the exact product of
 // the stored weights, for tests. QuantMatMul is the fast path: activations quantized to int8
 // per 32 elements (like llama.cpp's Q8 activations) and int8 dot products (AVX-512 VNNI
-// vpdpbusd) when the CPU has them, else the reference; it differs from the reference by the
-// activations' rounding (relative ~0.4% per block).
+// vpdpbusd, else AVX2 vpmaddubsw) when the CPU has them, else the reference; it differs from the
+// reference by the activations' rounding (relative ~0.4% per block). Both int8 kernels round the
+// activations identically, so they differ from each other only in the order of float sums.
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy);
 void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
                  float* y, int64_t ldy);
-// QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the reference below.
+// QuantMatMul at an ISA level: the VNNI kernel from avx512-vnni up, the AVX2 kernel at avx2 and
+// avx512, the reference at scalar (each also needs the CPU to have it: DetectIsa()).
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy);
 // Dequantizes `rows` rows of `cols` elements (stored as above) into rows*cols floats, exactly
@@ -107,8 +109,8 @@ void DequantizeRowsF32At(Isa isa, QuantType type, const void* w, int64_t rows, i
 // x rounded the way QuantMatMulAt's int8 kernel rounds activations (per 32 elements, d · xq),
 // back in f32: a GEMM over these and DequantizeRowsF32At's weights computes what the int8 kernel
 // computes, up to float summation order, so a token's result does not depend on whether it ran
-// in a prefill step (GEMM) or a decode step (int8 GEMV). False (and nothing written) at levels
-// where QuantMatMulAt does not round activations (below avx512-vnni: the reference, exact x).
+// in a prefill step (GEMM) or a decode step (int8 GEMV). False (and nothing written) where
+// QuantMatMulAt does not round activations (the scalar level: the reference, exact x).
 bool RoundActivationsInt8At(Isa isa, const float* x, int64_t cols, float* out);
 // Whether QuantMatMul uses the AVX-512 VNNI kernel on this CPU (and KVFERRY_ISA).
 bool QuantMatMulHasVnni();

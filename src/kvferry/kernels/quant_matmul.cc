@@ -1,4 +1,6 @@
 // QuantMatMulReference and the dispatch of QuantMatMul.
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kvferry/kernels/kernels.h"
@@ -12,6 +14,10 @@ void QuantMatMulVnni(QuantType type, const void* w, int64_t rows, int64_t cols, 
 
 void DequantizeRowsF32Vnni(QuantType type, const void* w, int64_t rows, int64_t cols, float* out);
 void RoundActivationsInt8Vnni(const float* x, int64_t cols, float* out);
+
+// quant_avx2.cc (compiled with AVX2 + FMA + F16C flags; called only when the CPU has them).
+void QuantMatMulAvx2(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
+                     float* y, int64_t ldy);
 
 void QuantMatMulReference(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                           int64_t ldx, float* y, int64_t ldy) {
@@ -34,13 +40,17 @@ bool QuantMatMulHasVnni() {
 
 void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m, int64_t ldx,
                  float* y, int64_t ldy) {
-  QuantMatMulAt(QuantMatMulHasVnni() ? Isa::kAvx512Vnni : Isa::kScalar, type, w, rows, cols, x, m, ldx, y, ldy);
+  auto isa = SelectedIsa();
+  QuantMatMulAt(isa.ok() ? *isa : Isa::kScalar, type, w, rows, cols, x, m, ldx, y, ldy);
 }
 
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy) {
-  if (isa >= Isa::kAvx512Vnni && DetectIsa() >= Isa::kAvx512Vnni) {
+  const Isa cpu = DetectIsa();
+  if (isa >= Isa::kAvx512Vnni && cpu >= Isa::kAvx512Vnni) {
     QuantMatMulVnni(type, w, rows, cols, x, m, ldx, y, ldy);
+  } else if (isa >= Isa::kAvx2 && cpu >= Isa::kAvx2) {
+    QuantMatMulAvx2(type, w, rows, cols, x, m, ldx, y, ldy);
   } else {
     QuantMatMulReference(type, w, rows, cols, x, m, ldx, y, ldy);
   }
@@ -56,8 +66,21 @@ void DequantizeRowsF32At(Isa isa, QuantType type, const void* w, int64_t rows, i
 }
 
 bool RoundActivationsInt8At(Isa isa, const float* x, int64_t cols, float* out) {
-  if (isa < Isa::kAvx512Vnni || DetectIsa() < Isa::kAvx512Vnni) return false;
-  RoundActivationsInt8Vnni(x, cols, out);
+  const Isa cpu = DetectIsa();
+  if (isa >= Isa::kAvx512Vnni && cpu >= Isa::kAvx512Vnni) {
+    RoundActivationsInt8Vnni(x, cols, out);
+    return true;
+  }
+  if (isa < Isa::kAvx2 || cpu < Isa::kAvx2) return false;
+  // The AVX2 kernel's rounding, in scalar code with the same float operations (max of |x|, one
+  // multiply by 127/amax, round to nearest even, saturate): bit-identical, and cheap next to
+  // the GEMM it feeds.
+  for (int64_t b = 0; b < cols; b += 32) {
+    float amax = 0;
+    for (int64_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float inv = amax > 0 ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+    for (int64_t i = b; i < b + 32; ++i) out[i] = d * std::clamp(std::nearbyint(x[i] * inv), -128.0f, 127.0f);
+  }
   return true;
 }
 

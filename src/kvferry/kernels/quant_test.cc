@@ -204,41 +204,121 @@ TEST(QuantTest, LayoutsMatchGgml) {
   }
 }
 
-// The VNNI kernel (activations rounded to int8 per 32) against the exact product of the stored
-// weights: each output within the bound that rounding allows, sum_k |w_k| * amax(x block) / 254.
+// Random quantized weights (rows x cols of N(0, 1), stored as t) and their dequantized values.
+struct Matrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> deq;
+};
+Matrix RandomMatrix(QuantType t, int64_t rows, int64_t cols, uint64_t seed) {
+  const auto wf = Gaussian(rows * cols, seed);
+  const int64_t rb = QuantRowBytes(t, cols);
+  Matrix w{std::vector<uint8_t>(rows * rb), std::vector<float>(rows * cols)};
+  for (int64_t r = 0; r < rows; ++r) {
+    QuantizeRow(t, wf.data() + r * cols, cols, w.bytes.data() + r * rb);
+    DequantizeRow(t, w.bytes.data() + r * rb, cols, w.deq.data() + r * cols);
+  }
+  return w;
+}
+
+// What rounding the activations to int8 per 32 may cost on output (row r, token x):
+// sum_k |w_k| * amax(x's block) / 254, plus the float sums.
+double Int8Bound(const Matrix& w, int64_t r, int64_t cols, const float* x) {
+  double bound = 1e-4;
+  for (int64_t b = 0; b < cols; b += 32) {
+    float amax = 0;
+    for (int64_t k = b; k < b + 32; ++k) amax = std::max(amax, std::fabs(x[k]));
+    for (int64_t k = b; k < b + 32; ++k) bound += std::fabs(w.deq[r * cols + k]) * amax / 254.0 * 1.01;
+  }
+  return bound;
+}
+
+// The int8 kernels (VNNI, AVX2) against the exact product of the stored weights: each output
+// within the bound that the activations' rounding allows.
 TEST(QuantTest, MatMulMatchesReference) {
-  if (!QuantMatMulHasVnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU (QuantMatMul is the reference there)";
-  for (QuantType t : kTypes) {
-    for (int64_t cols : {96, 256, 512, 1280}) {
-      for (int64_t m : {1, 3, 6}) {
-        if (QuantBlockElems(t) == 256 && cols % 256 != 0) continue;
-        SCOPED_TRACE(std::string(QuantTypeName(t)) + " cols " + std::to_string(cols) + " m " + std::to_string(m));
-        const int64_t rows = 37;
-        const auto wf = Gaussian(rows * cols, 11 + cols);
-        std::vector<uint8_t> w(rows * QuantRowBytes(t, cols));
-        for (int64_t r = 0; r < rows; ++r)
-          QuantizeRow(t, wf.data() + r * cols, cols, w.data() + r * QuantRowBytes(t, cols));
-        auto x = Gaussian(m * cols, 5 + m, 2.0f);
-        x[3] = 40.0f;  // an outlier: its block gets a coarse scale
-        std::vector<float> y(m * rows), ref(m * rows);
-        QuantMatMul(t, w.data(), rows, cols, x.data(), m, cols, y.data(), rows);
-        QuantMatMulReference(t, w.data(), rows, cols, x.data(), m, cols, ref.data(), rows);
-        std::vector<float> deq(cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          DequantizeRow(t, w.data() + r * QuantRowBytes(t, cols), cols, deq.data());
-          for (int64_t i = 0; i < m; ++i) {
-            double bound = 0;
-            for (int64_t b = 0; b < cols; b += 32) {
-              float amax = 0;
-              for (int64_t k = b; k < b + 32; ++k) amax = std::max(amax, std::fabs(x[i * cols + k]));
-              for (int64_t k = b; k < b + 32; ++k) bound += std::fabs(deq[k]) * amax / 254.0;
-            }
-            ASSERT_NEAR(y[i * rows + r], ref[i * rows + r], bound * 1.01 + 1e-3) << "row " << r << " token " << i;
-          }
+  bool ran = false;
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni}) {
+    if (DetectIsa() < isa) {
+      std::printf("skipping %s: not on this CPU\n", IsaName(isa));
+      continue;
+    }
+    ran = true;
+    for (QuantType t : kTypes) {
+      for (int64_t cols : {96, 256, 512, 1280}) {
+        for (int64_t m : {1, 3, 6}) {
+          if (QuantBlockElems(t) == 256 && cols % 256 != 0) continue;
+          SCOPED_TRACE(std::string(IsaName(isa)) + " " + QuantTypeName(t) + " cols " + std::to_string(cols) + " m " +
+                       std::to_string(m));
+          const int64_t rows = 37;
+          const Matrix w = RandomMatrix(t, rows, cols, 11 + cols);
+          auto x = Gaussian(m * cols, 5 + m, 2.0f);
+          x[3] = 40.0f;  // an outlier: its block gets a coarse scale
+          std::vector<float> y(m * rows), ref(m * rows);
+          QuantMatMulAt(isa, t, w.bytes.data(), rows, cols, x.data(), m, cols, y.data(), rows);
+          QuantMatMulReference(t, w.bytes.data(), rows, cols, x.data(), m, cols, ref.data(), rows);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < m; ++i)
+              ASSERT_NEAR(y[i * rows + r], ref[i * rows + r], Int8Bound(w, r, cols, x.data() + i * cols))
+                  << "row " << r << " token " << i;
         }
       }
     }
   }
+  if (!ran) GTEST_SKIP() << "no AVX2 on this CPU (QuantMatMul is the reference there)";
+}
+
+// The AVX2 kernel directly, on every type and the shapes of both its paths (decode: 4 rows a
+// pass, the prefetch ahead and the leftover rows; m > 1: up to 4 tokens a pass), strided x and
+// y: within the activation-rounding bound of the reference, and, where the CPU has VNNI, equal
+// to the VNNI kernel up to the order of float sums (both round the activations identically).
+TEST(QuantTest, Avx2MatchesVnniAndReference) {
+  if (DetectIsa() < Isa::kAvx2) GTEST_SKIP() << "no AVX2 + FMA + F16C on this CPU";
+  const bool vnni = DetectIsa() >= Isa::kAvx512Vnni;
+  if (!vnni) std::printf("no AVX-512 VNNI here: AVX2 is checked against the reference only\n");
+  double worst_vnni = 0, worst_ref = 0;
+  for (QuantType t : kTypes) {
+    const bool k_type = QuantBlockElems(t) == 256;
+    const std::vector<int64_t> all_cols =
+        k_type ? std::vector<int64_t>{256, 768, 1280} : std::vector<int64_t>{32, 96, 896, 1280};
+    for (int64_t cols : all_cols) {
+      for (int64_t rows : {3, 41}) {
+        for (int64_t m : {1, 2, 3, 4, 5, 9}) {
+          SCOPED_TRACE(std::string(QuantTypeName(t)) + " " + std::to_string(rows) + "x" + std::to_string(cols) + " m " +
+                       std::to_string(m));
+          const Matrix w = RandomMatrix(t, rows, cols, 100 + cols + rows);
+          const int64_t ldx = cols + 3, ldy = rows + 2;
+          auto x = Gaussian(m * ldx, 7 * m + cols, 1.5f);
+          x[cols / 2] = -25.0f;
+          std::vector<float> y(m * ldy, -1.0f), yv(m * ldy, -1.0f), ref(m * ldy, -1.0f);
+          QuantMatMulAt(Isa::kAvx2, t, w.bytes.data(), rows, cols, x.data(), m, ldx, y.data(), ldy);
+          QuantMatMulReference(t, w.bytes.data(), rows, cols, x.data(), m, ldx, ref.data(), ldy);
+          if (vnni) QuantMatMulAt(Isa::kAvx512Vnni, t, w.bytes.data(), rows, cols, x.data(), m, ldx, yv.data(), ldy);
+          double differs = 0;
+          for (int64_t i = 0; i < m; ++i) {
+            // The padding between rows of y is left alone.
+            for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y[i * ldy + r], -1.0f);
+            for (int64_t r = 0; r < rows; ++r) {
+              const float got = y[i * ldy + r], want = ref[i * ldy + r];
+              const double bound = Int8Bound(w, r, cols, x.data() + i * ldx);
+              ASSERT_NEAR(got, want, bound) << "row " << r << " token " << i;
+              worst_ref = std::max(worst_ref, std::fabs(got - want) / bound);
+              differs = std::max(differs, static_cast<double>(std::fabs(got - want)));
+              if (!vnni) continue;
+              // Relative to the size of the terms: sum_k |w_k x_k|.
+              double mag = 0;
+              for (int64_t k = 0; k < cols; ++k) mag += std::fabs(w.deq[r * cols + k] * x[i * ldx + k]);
+              const double err = std::fabs(got - yv[i * ldy + r]);
+              ASSERT_LE(err, 1e-4 * mag + 1e-6) << "row " << r << " token " << i << " vnni " << yv[i * ldy + r];
+              worst_vnni = std::max(worst_vnni, err / mag);
+            }
+          }
+          // The int8 kernel ran (the reference would match itself to the last bit).
+          EXPECT_GT(differs, 0.0);
+        }
+      }
+    }
+  }
+  std::printf("AVX2 vs reference: worst error %.3f of the int8 bound; vs VNNI: worst %.2e of sum |w x|\n", worst_ref,
+              worst_vnni);
 }
 
 // The f32 weight tiles of the prefill GEMM: each level gives the weights DequantizeRow gives
@@ -270,14 +350,21 @@ TEST(QuantTest, DequantizeRowsF32AtEachLevel) {
 
 // Activations rounded as the int8 kernel rounds them: per 32 elements d·q with d = amax/127 and
 // q an integer in [-127, 127], each within d/2 of x; the block's largest |x| is kept exactly
-// (up to d's rounding). Below avx512-vnni nothing is rounded.
+// (up to d's rounding). The AVX2 levels' scalar form gives the same bits as the AVX-512 one. At
+// the scalar level (the reference kernel, exact x) nothing is rounded.
 TEST(QuantTest, RoundActivationsInt8) {
   std::vector<float> out(96, -1.0f);
-  const auto x = Gaussian(96, 11, 2.0f);
-  EXPECT_FALSE(RoundActivationsInt8At(Isa::kAvx512, x.data(), 96, out.data()));
+  auto x = Gaussian(96, 11, 2.0f);
+  x[40] = 127.5f * (x[33] < 0 ? -1.0f : 1.0f);  // a block whose amax is exactly representable
+  EXPECT_FALSE(RoundActivationsInt8At(Isa::kScalar, x.data(), 96, out.data()));
   EXPECT_EQ(out[0], -1.0f);
-  if (DetectIsa() < Isa::kAvx512Vnni) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
-  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx512Vnni, x.data(), 96, out.data()));
+  if (DetectIsa() < Isa::kAvx2) GTEST_SKIP() << "this CPU has no AVX2";
+  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx2, x.data(), 96, out.data()));
+  if (DetectIsa() >= Isa::kAvx512Vnni) {
+    std::vector<float> vnni(96);
+    ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx512Vnni, x.data(), 96, vnni.data()));
+    for (int i = 0; i < 96; ++i) ASSERT_EQ(out[i], vnni[i]) << i;
+  }
   for (int64_t b = 0; b < 96; b += 32) {
     float amax = 0;
     for (int64_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -291,7 +378,7 @@ TEST(QuantTest, RoundActivationsInt8) {
   }
   // All-zero blocks stay zero.
   std::vector<float> zeros(32, 0.0f), z(32, 1.0f);
-  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx512Vnni, zeros.data(), 32, z.data()));
+  ASSERT_TRUE(RoundActivationsInt8At(Isa::kAvx2, zeros.data(), 32, z.data()));
   for (float v : z) EXPECT_EQ(v, 0.0f);
 }
 
