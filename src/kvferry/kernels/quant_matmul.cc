@@ -47,12 +47,7 @@ void QuantMatMul(QuantType type, const void* w, int64_t rows, int64_t cols, cons
 void QuantMatMulAt(Isa isa, QuantType type, const void* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                    int64_t ldx, float* y, int64_t ldy) {
   const Isa cpu = DetectIsa();
-  // The K-quants (Q4_K, Q6_K) keep the AVX2 kernel on VNNI machines too: its per-32 (Q6_K per-16)
-  // scales fold into vpmaddwd, where the VNNI form pays float work per 16-lane chunk. Measured
-  // on the Zen 5 VM, one thread, 896x4864: Q4_K 13.1 vs 11.5 GB/s, Q6_K 21.5 vs 11.3. Both
-  // round activations alike, so results agree up to float summation order.
-  const bool k_quant = type == QuantType::kQ4_K || type == QuantType::kQ6_K;
-  if (isa >= Isa::kAvx512Vnni && cpu >= Isa::kAvx512Vnni && !k_quant) {
+  if (isa >= Isa::kAvx512Vnni && cpu >= Isa::kAvx512Vnni) {  // (Q4_K / Q6_K: the AVX2 kernel, inside)
     QuantMatMulVnni(type, w, rows, cols, x, m, ldx, y, ldy);
   } else if (isa >= Isa::kAvx2 && cpu >= Isa::kAvx2) {
     QuantMatMulAvx2(type, w, rows, cols, x, m, ldx, y, ldy);

@@ -9,6 +9,7 @@
 // least 90% agree. kvferry runs free (it is fed its own tokens), so a step after a divergence
 // rarely agrees: agreement is close to the share of steps up to the first divergence.
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -124,6 +125,17 @@ std::vector<int32_t> Greedy(Model& m, const std::vector<int32_t>& prompt) {
   return out;
 }
 
+// Under TSan (no oneDNN, so quantized prefill runs the int8 kernel 4 tokens per pass, ~10x
+// slower again for TSan) the prompts longer than 350 tokens are left out: the numerics are the
+// release and ASan runs'; TSan is here for the threads.
+#if defined(__SANITIZE_THREAD__)
+constexpr size_t kMaxPromptTokens = 350;
+constexpr int kMinCounted = 5;
+#else
+constexpr size_t kMaxPromptTokens = SIZE_MAX;
+constexpr int kMinCounted = 10;
+#endif
+
 TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
   const auto prompts = ReadPrompts();
   ASSERT_EQ(prompts.size(), 16u);
@@ -155,6 +167,7 @@ TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
       int counted = 0, agreed = 0;
       std::string detail;
       for (size_t p = 0; p < prompts.size(); ++p) {
+        if (prompts[p].size() > kMaxPromptTokens) continue;
         const auto got = Greedy(**m, prompts[p]);
         ASSERT_EQ(got.size(), static_cast<size_t>(kSteps));
         int n = 0, a = 0;
@@ -167,7 +180,7 @@ TEST(LlamaCppAgreementTest, GreedyContinuationsAgree) {
       std::printf("%s %s: %d of %d steps before the first near-tie agree (%.1f%%); per prompt length:%s\n",
                   name.c_str(), type.c_str(), agreed, counted, 100 * share, detail.c_str());
       EXPECT_GE(share, 0.9) << detail;
-      EXPECT_GE(counted, 10) << "too few steps before near-ties to say anything";
+      EXPECT_GE(counted, kMinCounted) << "too few steps before near-ties to say anything";
     }
   }
 }
