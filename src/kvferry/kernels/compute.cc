@@ -456,6 +456,15 @@ std::string Compute::Describe() const {
   } else {
     s += "scalar";
   }
+  s += " quantized=";
+  if (impl_->isa >= Isa::kAvx512Vnni) {
+    s += "int8 AVX512-VNNI vpdpbusd (Q4_K/Q6_K: AVX2)";
+  } else if (impl_->isa >= Isa::kAvx2) {
+    s += "int8 AVX2 vpmaddubsw";
+  } else {
+    s += "reference (dequantized rows)";
+  }
+  if (impl_->lib != nullptr && impl_->isa >= Isa::kAvx2) s += ", prefill oneDNN f32 on int8-rounded activations";
   return s;
 }
 
