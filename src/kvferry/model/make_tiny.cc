@@ -83,8 +83,8 @@ const char* SafetensorsDType(DType d) {
     case DType::kF32: return "F32";
     case DType::kF16: return "F16";
     case DType::kBF16: return "BF16";
+    default: return "?";  // make-tiny writes float dtypes only (quantized types go to GGUF)
   }
-  return "?";
 }
 
 Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, DType dtype,
@@ -98,8 +98,10 @@ Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, 
     uint64_t n = 1;
     for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
     header += ",\"" + t.name + "\":{\"dtype\":\"" + SafetensorsDType(dtype) + "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i)
-      header += (i ? "," : "") + std::to_string(t.shape[i]);
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i > 0) header += ',';
+      header += std::to_string(t.shape[i]);
+    }
     header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
               std::to_string(offset + n * esize) + "]}";
     offset += n * esize;
