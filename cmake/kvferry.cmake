@@ -52,6 +52,9 @@ function(kvferry_cc_library)
   target_link_libraries(${A_NAME} PUBLIC ${A_DEPS})
   if(KVFERRY_FAST_BUILD AND NOT A_NO_UNITY)
     set_target_properties(${A_NAME} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 8)
+    # GCC takes a .cc included by the unity file for a header and warns about its
+    # anonymous-namespace types in classes declared elsewhere.
+    target_compile_options(${A_NAME} PRIVATE $<$<CXX_COMPILER_ID:GNU>:-Wno-subobject-linkage>)
   endif()
 endfunction()
 
