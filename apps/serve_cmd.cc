@@ -242,10 +242,11 @@ int Serve(const ServeArgs& a) {
                fo.served_model_names.front(), a.host, (*srv)->port(), engine.max_model_len(), stats.blocks_total,
                engine.block_size(), FormatBytes(engine.kv_size_bytes()));
   if (dp->size > 1) {
-    KVF_LOG_INFO("serve: {} data-parallel ranks ({} here, {} headless), each with its own engine ({} compute threads "
-                 "here) and KV cache{}",
-                 dp->size, dp->size_local, dp->size - dp->size_local, dp->threads_per_rank,
-                 kv_config ? " and connector worker" : "");
+    KVF_LOG_INFO(
+        "serve: {} data-parallel ranks ({} here, {} headless), each with its own engine ({} compute threads "
+        "here) and KV cache{}",
+        dp->size, dp->size_local, dp->size - dp->size_local, dp->threads_per_rank,
+        kv_config ? " and connector worker" : "");
   }
 
   int sig = 0;

@@ -20,9 +20,8 @@ namespace {
 using nlohmann::json;
 
 // Merges of the placeholder tokenizer (each result is a vocab entry after the 256 bytes).
-const char* const kMerges[][2] = {{"\xc4\xa0", "t"}, {"\xc4\xa0", "a"}, {"h", "e"}, {"i", "n"},
-                                  {"r", "e"},        {"o", "n"},        {"\xc4\xa0t", "h"},
-                                  {"e", "r"}};
+const char* const kMerges[][2] = {{"\xc4\xa0", "t"}, {"\xc4\xa0", "a"}, {"h", "e"},         {"i", "n"},
+                                  {"r", "e"},        {"o", "n"},        {"\xc4\xa0t", "h"}, {"e", "r"}};
 constexpr int64_t kNumMerges = sizeof(kMerges) / sizeof(kMerges[0]);
 
 uint64_t SplitMix(uint64_t& s) {
@@ -48,8 +47,7 @@ struct TensorSpec {
 
 TensorSpec Weight(std::string name, int64_t rows, int64_t cols, float gain = 1.0f) {
   // Uniform with std gain / sqrt(fan_in): activations stay O(1).
-  return {std::move(name), {rows, cols}, 0.0f,
-          gain * std::sqrt(3.0f) / std::sqrt(static_cast<float>(cols))};
+  return {std::move(name), {rows, cols}, 0.0f, gain * std::sqrt(3.0f) / std::sqrt(static_cast<float>(cols))};
 }
 TensorSpec Vec(std::string name, int64_t n, float center, float spread) {
   return {std::move(name), {n}, center, spread};
@@ -87,10 +85,9 @@ const char* SafetensorsDType(DType d) {
   }
 }
 
-Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, DType dtype,
-                        uint64_t seed, bool show_progress) {
-  std::sort(specs.begin(), specs.end(),
-            [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
+Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, DType dtype, uint64_t seed,
+                        bool show_progress) {
+  std::sort(specs.begin(), specs.end(), [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
   const uint64_t esize = kernels::DTypeSize(dtype);
   std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
   uint64_t offset = 0;
@@ -102,8 +99,7 @@ Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, 
       if (i > 0) header += ',';
       header += std::to_string(t.shape[i]);
     }
-    header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
-              std::to_string(offset + n * esize) + "]}";
+    header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + n * esize) + "]}";
     offset += n * esize;
   }
   header += "}";
@@ -112,8 +108,7 @@ Status WriteSafetensors(const std::string& path, std::vector<TensorSpec> specs, 
   if (f == nullptr) return ErrnoToStatus(errno, "create " + path);
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(header.size() >> (8 * i));
-  bool ok = std::fwrite(len, 1, 8, f) == 8 &&
-            std::fwrite(header.data(), 1, header.size(), f) == header.size();
+  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(header.data(), 1, header.size(), f) == header.size();
   Progress progress("writing " + path, offset, show_progress);
   uint64_t done = 0;
   constexpr uint64_t kChunk = 1 << 20;
@@ -307,48 +302,44 @@ Status WritePlaceholderTokenizer(const std::string& dir, const ModelConfig& conf
   const std::pair<const char*, int64_t> specials[] = {
       {"<|endoftext|>", sp.endoftext}, {"<|im_start|>", sp.im_start}, {"<|im_end|>", sp.im_end}};
   for (const auto& [content, id] : specials) {
-    json tok = {{"id", id},           {"content", content}, {"single_word", false},
-                {"lstrip", false},    {"rstrip", false},    {"normalized", false},
-                {"special", true}};
+    json tok = {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+                {"rstrip", false}, {"normalized", false}, {"special", true}};
     added.push_back(tok);
     json dec = tok;
     dec.erase("id");
     added_decoder[std::to_string(id)] = dec;
   }
-  const json byte_level = {{"type", "ByteLevel"},
-                           {"add_prefix_space", false},
-                           {"trim_offsets", false},
-                           {"use_regex", false}};
-  json tokenizer = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", {{"type", "NFC"}}},
-      {"pre_tokenizer",
-       {{"type", "Sequence"},
-        {"pretokenizers",
-         {{{"type", "Split"},
-           {"pattern",
-            {{"Regex",
-              "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
-              "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
-           {"behavior", "Isolated"},
-           {"invert", false}},
-          byte_level}}}},
-      {"post_processor", byte_level},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", ""},
-        {"end_of_word_suffix", ""},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}}};
+  const json byte_level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
+  json tokenizer = {{"version", "1.0"},
+                    {"truncation", nullptr},
+                    {"padding", nullptr},
+                    {"added_tokens", added},
+                    {"normalizer", {{"type", "NFC"}}},
+                    {"pre_tokenizer",
+                     {{"type", "Sequence"},
+                      {"pretokenizers",
+                       {{{"type", "Split"},
+                         {"pattern",
+                          {{"Regex",
+                            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+                            "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
+                         {"behavior", "Isolated"},
+                         {"invert", false}},
+                        byte_level}}}},
+                    {"post_processor", byte_level},
+                    {"decoder", byte_level},
+                    {"model",
+                     {{"type", "BPE"},
+                      {"dropout", nullptr},
+                      {"unk_token", nullptr},
+                      {"continuing_subword_prefix", ""},
+                      {"end_of_word_suffix", ""},
+                      {"fuse_unk", false},
+                      {"byte_fallback", false},
+                      {"ignore_merges", false},
+                      {"vocab", vocab},
+                      {"merges", merges}}}};
   json tconfig = {{"add_bos_token", false},
                   {"add_prefix_space", false},
                   {"added_tokens_decoder", added_decoder},
@@ -379,8 +370,7 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
   c.max_position_embeddings = o.max_position_embeddings;
   c.rms_norm_eps = 1e-6;
   c.rope_theta = o.rope_theta > 0 ? o.rope_theta : (o.arch == Architecture::kLlama ? 5e5 : 1e6);
-  c.tie_word_embeddings = o.tie_word_embeddings >= 0 ? o.tie_word_embeddings != 0
-                                                     : o.arch == Architecture::kQwen2;
+  c.tie_word_embeddings = o.tie_word_embeddings >= 0 ? o.tie_word_embeddings != 0 : o.arch == Architecture::kQwen2;
   c.head_dim = o.head_dim;
   if (o.like == "qwen2.5-0.5b") {
     c.arch = Architecture::kQwen2;
@@ -397,11 +387,10 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
   } else if (!o.like.empty()) {
     return InvalidArgumentError("unknown --like '" + o.like + "' (known: qwen2.5-0.5b)");
   }
-  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 ||
-      c.intermediate_size <= 0 || c.vocab_size <= 0 || c.max_position_embeddings <= 0)
+  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 ||
+      c.vocab_size <= 0 || c.max_position_embeddings <= 0)
     return InvalidArgumentError("model sizes must be positive");
-  if (c.num_heads % c.num_kv_heads != 0)
-    return InvalidArgumentError("heads must be a multiple of kv heads");
+  if (c.num_heads % c.num_kv_heads != 0) return InvalidArgumentError("heads must be a multiple of kv heads");
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_heads != 0)
       return InvalidArgumentError("hidden size must be a multiple of heads (or give head_dim)");
@@ -484,8 +473,8 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
   // Weights. Residual branches (o_proj, down_proj) get gain 2 so that the hidden state moves
   // away from the input embedding: with tied embeddings the last token would otherwise be
   // the top logit every time.
-  const int64_t H = c.hidden_size, hd = c.head_dim, qd = c.num_heads * hd,
-                kvd = c.num_kv_heads * hd, I = c.intermediate_size;
+  const int64_t H = c.hidden_size, hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd,
+                I = c.intermediate_size;
   std::vector<TensorSpec> specs;
   // Tied embeddings get a small std: the residual branches then dominate the final hidden
   // state, which otherwise stays close to the input embedding, whose own logit would win.
@@ -522,8 +511,7 @@ Status MakeTinyModel(const std::string& dir, const MakeTinyOptions& o) {
       specs.push_back(Vec(p + "self_attn.k_norm.weight", hd, 1.0f, 0.5f));
     }
   }
-  KVF_RETURN_IF_ERROR(
-      WriteSafetensors(dir + "/model.safetensors", std::move(specs), o.dtype, o.seed, o.show_progress));
+  KVF_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", std::move(specs), o.dtype, o.seed, o.show_progress));
   if (o.tokenizer_writer) return o.tokenizer_writer(dir, c);
   return WritePlaceholderTokenizer(dir, c);
 }

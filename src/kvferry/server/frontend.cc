@@ -16,7 +16,9 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string Dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 // Compares without an early exit, so response time does not reveal how much of a key matched.
 bool SameSecret(std::string_view a, std::string_view b) {
@@ -28,7 +30,8 @@ bool SameSecret(std::string_view a, std::string_view b) {
 
 class FrontendImpl final : public Frontend {
  public:
-  explicit FrontendImpl(const FrontendOptions& o) : shared_(std::make_shared<Shared>(o)), created_(std::time(nullptr)) {}
+  explicit FrontendImpl(const FrontendOptions& o)
+      : shared_(std::make_shared<Shared>(o)), created_(std::time(nullptr)) {}
   ~FrontendImpl() override { (void)Drain(Deadline::After(Duration::zero())); }
 
   void Handle(http::Request req, std::shared_ptr<http::Responder> resp) override;
@@ -72,8 +75,7 @@ void FrontendImpl::Handle(http::Request req, std::shared_ptr<http::Responder> re
     const std::string* auth = req.Find("Authorization");
     const std::string expected = "Bearer " + shared_->o.api_key;
     if (auth == nullptr || !SameSecret(*auth, expected)) {
-      RespondError(*resp, 401, "invalid or missing API key (send 'Authorization: Bearer KEY')", "",
-                   std::move(headers));
+      RespondError(*resp, 401, "invalid or missing API key (send 'Authorization: Bearer KEY')", "", std::move(headers));
       return;
     }
   }
@@ -108,7 +110,8 @@ void FrontendImpl::Handle(http::Request req, std::shared_ptr<http::Responder> re
 
 void FrontendImpl::Models(http::Responder& r, std::vector<http::Header> h) {
   json data = json::array();
-  const std::string& root = shared_->o.model_root.empty() ? shared_->o.served_model_names.front() : shared_->o.model_root;
+  const std::string& root =
+      shared_->o.model_root.empty() ? shared_->o.served_model_names.front() : shared_->o.model_root;
   for (const std::string& name : shared_->o.served_model_names) {
     data.push_back({{"id", name},
                     {"object", "model"},
@@ -151,8 +154,9 @@ void FrontendImpl::Health(http::Responder& r, std::vector<http::Header> h) {
     if (rk.connector == nullptr || shared_->num_ranks() == 1) continue;
     if (std::optional<connector::BootstrapMap> m = rk.connector->BootstrapSnapshot()) {
       if (m->size() < shared_->num_ranks())
-        return RespondError(r, 503, fmt::format("{} of {} data-parallel ranks registered with the bootstrap server",
-                                                m->size(), shared_->num_ranks()),
+        return RespondError(r, 503,
+                            fmt::format("{} of {} data-parallel ranks registered with the bootstrap server", m->size(),
+                                        shared_->num_ranks()),
                             "", std::move(h));
     }
   }
@@ -184,12 +188,14 @@ void FrontendImpl::Metrics(http::Responder& r, std::vector<http::Header> h) {
 
 void FrontendImpl::Tokenize(const http::Request& req, http::Responder& r, std::vector<http::Header> h) {
   json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return RespondError(r, 400, "the request body must be a JSON object", "", std::move(h));
+  if (j.is_discarded() || !j.is_object())
+    return RespondError(r, 400, "the request body must be a JSON object", "", std::move(h));
   auto model = j.find("model");
   if (model != j.end() && !model->is_null()) {
     if (!model->is_string()) return RespondError(r, 400, "'model' must be a string", "model", std::move(h));
     if (!KnownModel(model->get<std::string>()))
-      return RespondError(r, 404, fmt::format("The model `{}` does not exist.", model->get<std::string>()), "model", std::move(h));
+      return RespondError(r, 404, fmt::format("The model `{}` does not exist.", model->get<std::string>()), "model",
+                          std::move(h));
   }
   auto flag = [&](const char* key, bool def, bool* out) -> bool {
     auto it = j.find(key);
@@ -216,7 +222,8 @@ void FrontendImpl::Tokenize(const http::Request& req, http::Responder& r, std::v
     auto parsed = ParseGenerateRequest(chat.dump(), GenerateRequest::Kind::kChat, &param);
     if (!parsed.ok()) return RespondError(r, 400, parsed.status().message(), param, std::move(h));
     auto text = RenderChat(*shared_, *parsed);
-    if (!text.ok()) return RespondError(r, HttpStatusFor(text.status()), text.status().message(), "messages", std::move(h));
+    if (!text.ok())
+      return RespondError(r, HttpStatusFor(text.status()), text.status().message(), "messages", std::move(h));
     ids = tok.Encode(*text, add_special);
   } else {
     auto prompt = j.find("prompt");
@@ -239,19 +246,22 @@ void FrontendImpl::Tokenize(const http::Request& req, http::Responder& r, std::v
 
 void FrontendImpl::Detokenize(const http::Request& req, http::Responder& r, std::vector<http::Header> h) {
   json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return RespondError(r, 400, "the request body must be a JSON object", "", std::move(h));
+  if (j.is_discarded() || !j.is_object())
+    return RespondError(r, 400, "the request body must be a JSON object", "", std::move(h));
   auto model = j.find("model");
   if (model != j.end() && !model->is_null() && (!model->is_string() || !KnownModel(model->get<std::string>())))
     return RespondError(r, 404, "unknown model", "model", std::move(h));
   auto tokens = j.find("tokens");
   if (tokens == j.end() || !tokens->is_array())
     return RespondError(r, 400, "'tokens' must be a list of token ids", "tokens", std::move(h));
-  const int64_t vocab = std::max<int64_t>(shared_->o.tokenizer->vocab_size(), shared_->o.engine->model_config().vocab_size);
+  const int64_t vocab =
+      std::max<int64_t>(shared_->o.tokenizer->vocab_size(), shared_->o.engine->model_config().vocab_size);
   std::vector<int32_t> ids;
   for (size_t i = 0; i < tokens->size(); ++i) {
     const json& t = (*tokens)[i];
     if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab)
-      return RespondError(r, 400, fmt::format("'tokens[{}]' is not a token id of this model", i), "tokens", std::move(h));
+      return RespondError(r, 400, fmt::format("'tokens[{}]' is not a token id of this model", i), "tokens",
+                          std::move(h));
     ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
   }
   Json(r, 200, {{"prompt", shared_->o.tokenizer->Decode(ids)}}, std::move(h));
@@ -316,9 +326,10 @@ StatusOr<int> Shared::PickRank(const http::Request& request, bool prefill_leg) {
     const char* e = b + h->size();
     auto [end, ec] = std::from_chars(b, e, r);
     if (ec != std::errc() || end != e || r < 0 || r >= n) {
-      return InvalidArgumentError(fmt::format("X-data-parallel-rank '{}' is not a data-parallel rank of this server "
-                                              "(ranks 0..{})",
-                                              h->substr(0, 32), n - 1));
+      return InvalidArgumentError(
+          fmt::format("X-data-parallel-rank '{}' is not a data-parallel rank of this server "
+                      "(ranks 0..{})",
+                      h->substr(0, 32), n - 1));
     }
     return static_cast<int>(r);
   }
@@ -362,7 +373,8 @@ void Shared::WarnIgnoredFields(const std::vector<std::string>& names) {
     }
   }
   for (const std::string& n : fresh)
-    KVF_LOG_WARN("serve: the request field '{}' is not supported and is ignored (warned once per field)", n.substr(0, 64));
+    KVF_LOG_WARN("serve: the request field '{}' is not supported and is ignored (warned once per field)",
+                 n.substr(0, 64));
 }
 
 void RespondError(http::Responder& r, int status, std::string_view message, std::string_view param,
