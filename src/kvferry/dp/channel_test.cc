@@ -191,12 +191,17 @@ TEST_F(Channel, RequestsRunOnTheHeadlessRankAndStatsComeBack) {
   auto host = Join(&remote);
   ASSERT_TRUE(WaitFor([&] { return server_->RankUp(1).ok(); })) << server_->RankUp(1).ToString();
   EXPECT_TRUE(WaitFor([&] { return host->joined(); }));  // the welcome may still be on its way
-  Sink a, b;
+  Sink a, b, held;
   ASSERT_TRUE(server_->engine(1)->Add(Spec("a", 5), a.Callback()).ok());
   ASSERT_TRUE(server_->engine(1)->Add(Spec("b", 7), b.Callback()).ok());
-  EXPECT_EQ(server_->engine(1)->Add(Spec("a", 5), a.Callback()).code(), StatusCode::kAlreadyExists);
-  auto fa = a.WaitFinished(), fb = b.WaitFinished();
-  ASSERT_TRUE(fa && fb);
+  // A duplicate id is refused while its request runs. "held" cannot finish on its own before the
+  // second Add (a 5-token request can, under a sanitizer), so the check does not race the engine.
+  ASSERT_TRUE(server_->engine(1)->Add(Spec("held", 1000000), held.Callback()).ok());
+  EXPECT_EQ(server_->engine(1)->Add(Spec("held", 5), held.Callback()).code(), StatusCode::kAlreadyExists);
+  server_->engine(1)->Abort("held");
+  auto fa = a.WaitFinished(), fb = b.WaitFinished(), fh = held.WaitFinished();
+  ASSERT_TRUE(fa && fb && fh);
+  EXPECT_EQ(fh->finish_reason, engine::FinishReason::kAbort);
   EXPECT_EQ(fa->finish_reason, engine::FinishReason::kLength);
   EXPECT_EQ(a.NumTokens(), 5u);
   EXPECT_EQ(b.NumTokens(), 7u);
