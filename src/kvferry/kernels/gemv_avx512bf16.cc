@@ -3,12 +3,24 @@
 // per MatMul, as llama.cpp and oneDNN's bf16 kernels do). One vdpbf16ps multiplies 32 bf16
 // pairs and adds them into 16 f32 lanes, so each 64-byte line of a weight row costs one load
 // and one instruction per x row: no widening, half the FMAs of the f32 path. The weights are
-// streamed once per call with a software prefetch one block of rows ahead; up to 8 x rows are
-// kept in registers per pass (a 16-row step makes two passes over a block that is in L1/L2).
+// streamed once per call with a software prefetch one block of rows ahead.
+//
+// 1 to 3 x rows: memory-bound, so each output keeps one accumulator and is summed on its own.
+// 4 or more (batched decode): passes of 4 x rows against groups of 4 weight rows, 16
+// accumulators summed with one transpose-reduce instead of 16 horizontal sums. The first pass
+// over a 64-row block streams it from memory, the others find it in L2. Long rows (k > kChunk)
+// go in chunks so that the 4 x rows stay in L1, with the accumulators parked in a per-thread
+// scratch between chunks. Measured on one Zen 5 core, against the 8 x 2 / 4 x 3 register
+// blocking with a horizontal sum per output that this replaced: 4 rows 1.5x, 8 rows 1.1x, 12
+// rows 1.2x, 16 rows 1.1x (k = 896; 1.16x at 16 rows with k = 4864).
+//
+// Every output's arithmetic is the same in all paths (lane by lane in k order, then the same
+// pairwise sum), so a sequence's result does not depend on how many others share its step.
 // Compiled with AVX-512 F/BW/VL/DQ + AVX512_BF16 flags.
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kvferry/kernels/kernel_table.h"
@@ -17,6 +29,12 @@ namespace kvferry::kernels::avx512bf16 {
 namespace {
 
 constexpr int64_t kPrefetchBlocks = 1;
+// Batched passes: weight rows per group, x rows per pass, longest k in one go, weight rows per
+// sub-block (whose accumulators are parked between chunks).
+constexpr int kGroup = 4;
+constexpr int kPass = 4;
+constexpr int64_t kChunk = 1024;
+constexpr int64_t kSubBlock = 64;
 
 inline __m512bh AsBh(__m512i v) {
   return (__m512bh)v;  // same 64 bytes, viewed as 32 bf16 values
@@ -57,30 +75,124 @@ inline void Block(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, 
 
 template <int R>
 void Rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  // Accumulators R x NB plus R x vectors stay within the 32 registers.
-  constexpr int NB = R <= 2 ? 4 : (R <= 4 ? 3 : 2);
+  // 1 to 3 x rows (4 and more take Pass): R x NB accumulators plus R x vectors.
+  static_assert(R >= 1 && R <= 3);
+  constexpr int NB = R <= 2 ? 4 : 3;
   int64_t j = n0;
   for (; j + NB <= n1; j += NB) Block<R, NB>(x, ldx, w, k, j, y, ldy);
   for (; j < n1; ++j) Block<R, 1>(x, ldx, w, k, j, y, ldy);
+}
+
+// Sums each of 16 accumulators, given weight-row-major (a[4 * b + r]: x row r, weight row b),
+// into one vector holding them x-row-major (lane 4 * r + b). Pairwise in the order
+// _mm512_reduce_add_ps uses (256-bit halves, then 128-bit halves, then elements 0+2 / 1+3, then
+// 0+1), so each sum is bitwise what the 1..3-row path gets.
+inline __m512 TransposeSum16(const __m512* a) {
+  __m512 h[8];
+  for (int i = 0; i < 8; ++i) {
+    h[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44));
+  }
+  __m512 q[4];
+  for (int i = 0; i < 4; ++i) {
+    q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0xDD),
+                         _mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0x88));
+  }
+  __m512 e[2];
+  for (int i = 0; i < 2; ++i) {
+    e[i] =
+        _mm512_add_ps(_mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0x44), _mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0xEE));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xDD));
+}
+
+// kPass x rows against kGroup weight rows from row j, over k in [k0, k1). acc holds the running
+// sums (weight-row-major); with `last` the sums go to y. Each step prefetches the same columns of
+// the next group's rows.
+inline void Group(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t j, int64_t k0, int64_t k1,
+                  bool last, __m512* acc, float* y, int64_t ldy) {
+  const uint16_t* rows[kGroup];
+  for (int b = 0; b < kGroup; ++b) rows[b] = w + (j + b) * k;
+  __m512 a[kGroup * kPass];
+#pragma GCC unroll 16
+  for (int i = 0; i < kGroup * kPass; ++i) a[i] = acc[i];
+  const int64_t pf = kGroup * k;
+  const int64_t end32 = k0 + ((k1 - k0) & ~int64_t{31});
+  for (int64_t kk = k0; kk < end32; kk += 32) {
+#pragma GCC unroll 4
+    for (int b = 0; b < kGroup; ++b) _mm_prefetch(reinterpret_cast<const char*>(rows[b] + kk + pf), _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int b = 0; b < kGroup; ++b) {
+      const __m512i wv = _mm512_loadu_si512(rows[b] + kk);
+#pragma GCC unroll 4
+      for (int r = 0; r < kPass; ++r) {
+        a[kPass * b + r] = _mm512_dpbf16_ps(a[kPass * b + r], AsBh(_mm512_loadu_si512(x + r * ldx + kk)), AsBh(wv));
+      }
+    }
+  }
+  if (end32 < k1) {  // only the last chunk can end off a 32 boundary
+    const int64_t left = k1 - end32;
+    const __mmask32 mask = static_cast<__mmask32>((1u << left) - 1u);
+#pragma GCC unroll 4
+    for (int b = 0; b < kGroup; ++b) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, rows[b] + end32);
+#pragma GCC unroll 4
+      for (int r = 0; r < kPass; ++r) {
+        a[kPass * b + r] =
+            _mm512_dpbf16_ps(a[kPass * b + r], AsBh(_mm512_maskz_loadu_epi16(mask, x + r * ldx + end32)), AsBh(wv));
+      }
+    }
+  }
+  if (!last) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kGroup * kPass; ++i) acc[i] = a[i];
+    return;
+  }
+  alignas(64) float sums[kGroup * kPass];
+  _mm512_store_ps(sums, TransposeSum16(a));
+  for (int r = 0; r < kPass; ++r) {
+    for (int b = 0; b < kGroup; ++b) y[r * ldy + j + b] = sums[kGroup * r + b];
+  }
+}
+
+// kPass x rows over weight rows [n0, n1), in sub-blocks of kSubBlock rows and chunks of k, one
+// group of weight rows after another (the prefetch fetches the next group); rows past the last
+// whole group go to Block.
+void Pass(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  static_assert(kGroup * kPass == 16, "TransposeSum16 sums 16 accumulators");
+  thread_local __m512 parked[kSubBlock / kGroup][kGroup * kPass];
+  const int64_t chunks = (k + kChunk - 1) / kChunk;
+  const int64_t chunk = ((k + chunks - 1) / chunks + 31) / 32 * 32;  // a multiple of 32: only the last is ragged
+  for (int64_t sb = n0; sb < n1; sb += kSubBlock) {
+    const int64_t se = std::min(n1, sb + kSubBlock);
+    const int64_t groups = (se - sb) / kGroup;
+    for (int64_t k0 = 0; k0 < k; k0 += chunk) {
+      const int64_t k1 = std::min(k, k0 + chunk);
+      for (int64_t g = 0; g < groups; ++g) {
+        __m512* acc = parked[g];
+        if (k0 == 0) {
+          for (int i = 0; i < kGroup * kPass; ++i) acc[i] = _mm512_setzero_ps();
+        }
+        Group(x, ldx, w, k, sb + g * kGroup, k0, k1, k1 == k, acc, y, ldy);
+      }
+    }
+    for (int64_t j = sb + groups * kGroup; j < se; ++j) Block<kPass, 1>(x, ldx, w, k, j, y, ldy);
+  }
 }
 
 }  // namespace
 
 void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
               int64_t ldy) {
-  for (int64_t r0 = 0; r0 < m; r0 += kBf16GemvMaxRows) {
-    const uint16_t* xr = x + r0 * ldx;
-    float* yr = y + r0 * ldy;
-    switch (m - r0 < kBf16GemvMaxRows ? m - r0 : kBf16GemvMaxRows) {
-      case 1: Rows<1>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 2: Rows<2>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 3: Rows<3>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 4: Rows<4>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 5: Rows<5>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 6: Rows<6>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      case 7: Rows<7>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-      default: Rows<8>(xr, ldx, w, k, n0, n1, yr, ldy); break;
-    }
+  int64_t r0 = 0;
+  for (; m - r0 >= kPass; r0 += kPass) Pass(x + r0 * ldx, ldx, w, k, n0, n1, y + r0 * ldy, ldy);
+  const uint16_t* xr = x + r0 * ldx;
+  float* yr = y + r0 * ldy;
+  switch (m - r0) {
+    case 1: return Rows<1>(xr, ldx, w, k, n0, n1, yr, ldy);
+    case 2: return Rows<2>(xr, ldx, w, k, n0, n1, yr, ldy);
+    case 3: return Rows<3>(xr, ldx, w, k, n0, n1, yr, ldy);
+    default: return;
   }
 }
 

@@ -113,8 +113,6 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 void AttentionTile(const AttentionTileArgs& args, float* scratch);
 }  // namespace avx512
 namespace avx512bf16 {
-// x rows one pass of GemvBf16 keeps in registers.
-inline constexpr int64_t kBf16GemvMaxRows = 8;
 // y[r * ldy + j] = dot(x + r * ldx, row j of w) for r < m (any m), j in [n0, n1): x and w are
 // bf16, w is [rows][k]; f32 accumulation with vdpbf16ps (gemv_avx512bf16.cc).
 void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
