@@ -163,13 +163,13 @@ inline void BlockBf16(const float* xs, int64_t k16, const float* x, int64_t ldx,
                       int64_t j, float* y, int64_t ldy, StreamPrefetch* pf) {
   const uint16_t* rows[NB];
   for (int b = 0; b < NB; ++b) rows[b] = w + (j + b) * k;
-  // Separate even/odd accumulators for narrow passes (the tails): FMA latency is 4 cycles, and
-  // with R x NB < 8 chains one accumulator per row would wait on it.
-  constexpr int A = R * NB <= 4 ? 2 : 1;
-  __m256 acc[A][R][NB];
-  for (int a = 0; a < A; ++a)
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < NB; ++b) acc[a][r][b] = _mm256_setzero_ps();
+  // One accumulator per output, even columns then odd into the same chain, in every pass width:
+  // a row's result must not depend on the pass it fell in (16 rows for one x row, 8 for more,
+  // narrower tails), or a sequence's decode would change with its batch. The narrow tails wait
+  // on FMA latency, but they are a few rows at the end of a matrix or a thread's share.
+  __m256 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm256_setzero_ps();
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t kk = 0; kk < k16; kk += 16) {
     if (pf != nullptr && (kk & 31) == 0) pf->Next();
@@ -183,14 +183,14 @@ inline void BlockBf16(const float* xs, int64_t k16, const float* x, int64_t ldx,
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));  // low halves: even columns
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi));   // high halves: odd columns
       for (int r = 0; r < R; ++r) {
-        acc[0][r][b] = _mm256_fmadd_ps(xe[r], we, acc[0][r][b]);
-        acc[A - 1][r][b] = _mm256_fmadd_ps(xo[r], wo, acc[A - 1][r][b]);
+        acc[r][b] = _mm256_fmadd_ps(xe[r], we, acc[r][b]);
+        acc[r][b] = _mm256_fmadd_ps(xo[r], wo, acc[r][b]);
       }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) {
-      float s = Sum8(A == 2 ? _mm256_add_ps(acc[0][r][b], acc[A - 1][r][b]) : acc[0][r][b]);
+      float s = Sum8(acc[r][b]);
       for (int64_t kk = k16; kk < k; ++kk) s += x[r * ldx + kk] * Bf16ToF32(rows[b][kk]);
       y[r * ldy + j + b] = s;
     }
