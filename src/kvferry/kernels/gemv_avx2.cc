@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kvferry/kernels/kernel_table.h"
+#include "kvferry/kernels/stream_prefetch.h"
 
 namespace kvferry::kernels::avx2 {
 namespace {
@@ -124,36 +125,6 @@ inline float Bf16ToF32(uint16_t v) {
   __builtin_memcpy(&f, &u, 4);
   return f;
 }
-
-// Software prefetch for a tile of weight rows read nb rows per pass: stream b is rows b, b + nb, ...
-// of the tile. p is stream 0's next line to request; the other streams' lines are b row lengths
-// further. Lines at or past the tile's end are not requested (the next rows may be another
-// thread's, already read).
-class StreamPrefetch {
- public:
-  StreamPrefetch(const char* tile, const char* end, int64_t row_bytes, int nb)
-      : p_(tile), end_(end), row_bytes_(row_bytes), left_(row_bytes), skip_((nb - 1) * row_bytes), nb_(nb) {}
-
-  // Requests the next line of every stream.
-  void Next() {
-    for (int b = 0; b < nb_; ++b) {
-      const char* a = p_ + b * row_bytes_;
-      if (a < end_) _mm_prefetch(a, _MM_HINT_T0);
-    }
-    p_ += 64;
-    left_ -= 64;
-    while (left_ <= 0) {  // past stream 0's row: on to its row in the next pass
-      p_ += skip_;
-      left_ += row_bytes_;
-    }
-  }
-
- private:
-  const char* p_;
-  const char* end_;
-  int64_t row_bytes_, left_, skip_;
-  int nb_;
-};
 
 // R rows of split x (per 16 columns: 8 even, then 8 odd; k16 floats a row) against NB rows of w
 // from row j. The last k - k16 columns come from x itself. pf advances once per 64 bytes of a
