@@ -135,7 +135,7 @@ long_body() {  # a streaming request with a 3,000-token prompt of its own
 pab0=$(metric "$PU" 'vllm:request_success_total{model_name="tiny",finished_reason="abort"}')
 dab0=$(metric "$DU" 'vllm:request_success_total{model_name="tiny",finished_reason="abort"}')
 dis0=$(metric "$XU" kvferry_proxy_client_disconnects_total)
-# One client that leaves while the decoder streams, then 12 at once that leave after 0.1 to 1 s
+# One client that leaves while the decoder streams, then 12 at once that leave after 0.03 to 0.9 s
 # (some while their prefill is still queued on the prefiller).
 # It leaves after its fifth event, not after a fixed time: the tiny model can stream all 4,000
 # tokens within a second.
@@ -160,14 +160,26 @@ PY
 check "the first client got part of a stream" eval '[ "$(grep -c "^data: {" "$work/stream.out")" -ge 5 ]'
 ab='vllm:request_success_total{model_name="tiny",finished_reason="abort"}'
 check "the decoder aborted the stream" wait_ge "$DU" "$ab" $((dab0 + 1)) 10
+# The first leave within 30 ms, while the prefiller still works through the 12 prompts (all 12
+# prefills of the tiny model can be done within 100 ms); the last after 0.9 s, mid-decode.
 cpids=()
-for i in $(seq 12); do
-  curl -s -N --max-time "0.$(( i * 7 % 10 + 1 ))" -o /dev/null -H 'Content-Type: application/json' \
+i=0
+for t in 0.03 0.12 0.2 0.27 0.35 0.42 0.5 0.57 0.65 0.72 0.8 0.9; do
+  i=$((i + 1))
+  curl -s -N --max-time "$t" -o /dev/null -H 'Content-Type: application/json' \
     -d "$(long_body "$i")" "$XU/v1/completions" &
   cpids+=($!)
 done
-wait "${cpids[@]}"
-check "the proxy saw 13 disconnects" wait_metric "$XU" kvferry_proxy_client_disconnects_total $((dis0 + 13)) 5
+# curl exits 28 when its --max-time cut the stream; one whose request finished first (a fast
+# machine streams the 1,000 tokens of the tiny model within the second) left nothing to count.
+cut=0
+for p in "${cpids[@]}"; do
+  wait "$p"
+  [ $? = 28 ] && cut=$((cut + 1))
+done
+echo "  $cut of 12 clients left mid-stream"
+check "most clients left mid-stream" ge "$cut" 6
+check "the proxy saw every disconnect" wait_metric "$XU" kvferry_proxy_client_disconnects_total $((dis0 + 1 + cut)) 5
 # (a client that leaves before the proxy's decode leg reached the decoder leaves nothing to abort)
 check "the decoder aborted decode legs" wait_ge "$DU" "$ab" $((dab0 + 2)) 10
 check "the prefiller aborted prefill legs still running" wait_ge "$PU" "$ab" $((pab0 + 1)) 10
