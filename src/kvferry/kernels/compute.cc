@@ -249,8 +249,8 @@ void Compute::Impl::GemmPath(const float* x, int64_t m, int64_t ldx, std::span<c
 // Prefill with quantized weights: x rounded once as the int8 kernels round it (back in f32),
 // each tile of weight rows dequantized to f32 in the thread's scratch (from L2 the GEMM then
 // reads it m / 16 times) and multiplied by oneDNN's f32 GEMM. Each weight is expanded once per
-// call, a small cost next to the m * k multiply-adds of its row. Returns false (nothing is left half done that matters: the caller
-// recomputes every output) when the library refuses.
+// call, a small cost next to the m * k multiply-adds of its row. Returns false (nothing is left half done that matters:
+// the caller recomputes every output) when the library refuses.
 bool Compute::Impl::QuantGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   const int nt = size();
   const int64_t k = outs[0].w.cols;
