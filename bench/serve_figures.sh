@@ -19,7 +19,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pick() { python3 "$(dirname "$0")/../tests/disagg/pick_port.py" "$work/.ports"; }
 wait_healthy() {
   for _ in $(seq 1200); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1/health")" = 200 ] && return 0

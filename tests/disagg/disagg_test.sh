@@ -78,7 +78,7 @@ if [ "$mode" = netns ]; then
 else
   X=127.0.0.1 P=127.0.0.1 D=127.0.0.1
   in_x=() in_p=() in_d=()
-  pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  pick() { python3 "$here/pick_port.py" "$work/.ports"; }
   p_port=$(pick) d_port=$(pick) x_port=$(pick) c_port=$(pick) boot=$(pick)
   common+=(--host 127.0.0.1)
 fi

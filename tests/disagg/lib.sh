@@ -22,7 +22,7 @@ die() {
   exit 1
 }
 
-pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pick() { python3 "$here/pick_port.py" "$work/.ports"; }
 
 common=(--served-model-name tiny --kv-cache-dtype float32 --max-model-len 4096 --host 127.0.0.1)
 make_model() {
