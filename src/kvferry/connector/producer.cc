@@ -343,7 +343,7 @@ void Producer::HandleMessage(std::vector<std::string> frames) {
 
 void Producer::Dispatch(Job job) {
   std::optional<Run> run;
-  std::string release;
+  std::string release, preopen;
   {
     MutexLock l(mu_);
     const std::string tid = job.transfer_id;
@@ -371,12 +371,19 @@ void Producer::Dispatch(Job job) {
         e.in_flight = true;
         run = Run{std::move(job), e.blocks, e.request_id};
       } else {
+        // The prefill is still running: open the decoder's segment meanwhile (handshake, lane
+        // connections, shm socket), once per segment, so the write does not wait for it.
+        if (opened_segments_.insert(job.ctx->segment).second) preopen = job.ctx->segment;
         e.waiting.push_back(std::move(job));
       }
     }
   }
   if (!release.empty()) engine_->ReleaseHeldBlocks(release);
   if (run) Submit(std::move(*run));
+  if (!preopen.empty()) {
+    // Best effort: a failure here shows again, with its reason, when the write opens it.
+    (void)pool_->Submit([this, segment = std::move(preopen)] { (void)te_->OpenSegment(segment); });
+  }
 }
 
 std::string Producer::AbortTransferLocked(const std::string& tid) {

@@ -13,6 +13,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,6 +133,7 @@ class Producer {
   std::map<std::string, Entry> entries_ KVF_GUARDED_BY(mu_);           // by transfer_id
   std::map<std::string, std::string> by_request_ KVF_GUARDED_BY(mu_);  // request_id → transfer_id
   std::map<std::string, Gone> gone_ KVF_GUARDED_BY(mu_);               // recently ended transfer_ids
+  std::set<std::string> opened_segments_ KVF_GUARDED_BY(mu_);          // decoders' segments opened early
   std::deque<std::vector<std::string>> outbound_ KVF_GUARDED_BY(mu_);  // replies to send
 };
 

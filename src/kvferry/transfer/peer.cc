@@ -27,7 +27,9 @@ Peer::Peer(PeerOptions options, PeerTarget target, BatchTable* batches, PeerCoun
   }
 }
 
-Peer::~Peer() { Stop(); }
+Peer::~Peer() {
+  Stop();
+}
 
 void Peer::Enqueue(std::vector<Slice> slices) {
   {
@@ -106,14 +108,13 @@ Status Peer::Connect(const PeerTarget& t, const Deadline& deadline, int* fd_out)
   StatusOr<net::Fd> fd = [&]() -> StatusOr<net::Fd> {
     if (options_.protocol == Protocol::kShm) {
       if (t.shm_path.empty()) {
-        return FailedPreconditionError(
-            fmt::format("segment {} offers no shm transport (not a kvferry engine?); use protocol tcp",
-                        t.segment_name));
+        return FailedPreconditionError(fmt::format(
+            "segment {} offers no shm transport (not a kvferry engine?); use protocol tcp", t.segment_name));
       }
       StatusOr<net::Fd> f = net::ConnectUnix(t.shm_path, deadline);
       if (!f.ok() && f.status().code() == StatusCode::kNotFound) {
-        return UnavailableError(fmt::format("shm socket of segment {} not found: shm needs both engines on one host",
-                                            t.segment_name));
+        return UnavailableError(
+            fmt::format("shm socket of segment {} not found: shm needs both engines on one host", t.segment_name));
       }
       return f;
     }
@@ -129,7 +130,9 @@ Status Peer::Connect(const PeerTarget& t, const Deadline& deadline, int* fd_out)
 }
 
 namespace {
-bool UsesV2(const PeerTarget& t, Protocol p) { return p == Protocol::kShm || t.tcp_proto_version >= 2; }
+bool UsesV2(const PeerTarget& t, Protocol p) {
+  return p == Protocol::kShm || t.tcp_proto_version >= 2;
+}
 }  // namespace
 
 Status Peer::SendRequest(int fd, const PeerTarget& t, const Slice& s) {
@@ -148,8 +151,7 @@ Status Peer::SendRequest(int fd, const PeerTarget& t, const Slice& s) {
   return net::SendAll(fd, iov, n, s.deadline);
 }
 
-Status Peer::ReceiveCompletion(int fd, const PeerTarget& t, const Slice& s, const Deadline& deadline,
-                               bool* rejected) {
+Status Peer::ReceiveCompletion(int fd, const PeerTarget& t, const Slice& s, const Deadline& deadline, bool* rejected) {
   const bool shm = options_.protocol == Protocol::kShm;
   *rejected = false;
   if (UsesV2(t, options_.protocol)) {
@@ -158,9 +160,9 @@ Status Peer::ReceiveCompletion(int fd, const PeerTarget& t, const Slice& s, cons
     KVF_ASSIGN_OR_RETURN(uint32_t code, wire::DecodeStatus(st));
     if (code == wire::kCodeRejected) {
       *rejected = true;
-      return PermissionDeniedError(fmt::format(
-          "segment {} rejected {} of {} bytes at 0x{:x}: outside its registered memory", t.segment_name,
-          s.op == Op::kWrite ? "WRITE" : "READ", s.length, s.remote));
+      return PermissionDeniedError(
+          fmt::format("segment {} rejected {} of {} bytes at 0x{:x}: outside its registered memory", t.segment_name,
+                      s.op == Op::kWrite ? "WRITE" : "READ", s.length, s.remote));
     }
     if (code != wire::kCodeOk) {
       *rejected = true;
@@ -191,6 +193,24 @@ void Peer::RunLane(Lane* lane) {
     for (const Slice& s : inflight) Fail(s, st);
     inflight.clear();
   };
+  {
+    // A kvferry target keeps idle connections open: connect now, not with the first slice, so
+    // that the first transfer to a segment does not pay the connection set-up (and, with a
+    // secret, the authentication) on its critical path. A failure here is retried lazily.
+    PeerTarget first;
+    bool stopping;
+    {
+      MutexLock l(mu_);
+      first = target_;
+      stopping = stopping_;
+    }
+    if (!stopping && first.kvferry && Connect(first, Deadline::After(options_.connect_timeout), &fd).ok()) {
+      conn_epoch = first.epoch;
+      MutexLock l(mu_);
+      lane->fd_for_shutdown = fd;
+      if (stopping_) ::shutdown(fd, SHUT_RDWR);
+    }
+  }
   std::vector<Slice> to_send;
   for (;;) {
     to_send.clear();
