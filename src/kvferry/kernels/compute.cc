@@ -32,7 +32,7 @@ constexpr int64_t kGemmPassBytes = 512 << 10;
 // Bytes of bf16 weights per tile of the quantized prefill GEMM (dequantized per tile; about
 // the L2 of a core).
 constexpr int64_t kQuantTileBytes = 1 << 20;
-// (query token, head) rows per AVX-512 attention tile.
+// (query token, head) rows per AVX-512 attention tile; the AVX2 tile takes half as many.
 constexpr int64_t kTileRows = 128;
 
 }  // namespace
@@ -593,9 +593,11 @@ void Compute::PagedAttentionImpl(const AttentionArgs& args) {
     int64_t g, i0, i1;
   };
   const int64_t group = args.num_heads / args.num_kv_heads;
-  // The AVX-512 tile puts (query token, head) rows on vector lanes: ~128 rows fill 8 vectors.
-  const bool tile = impl_->isa >= Isa::kAvx512 && args.head_dim % 4 == 0;
-  const int64_t qtile = tile ? std::max<int64_t>(1, kTileRows / group) : kQueryTile;
+  // The AVX-512 and AVX2 tiles put (query token, head) rows on vector lanes: ~128 rows fill 8
+  // vectors of 16, ~64 rows 8 vectors of 8.
+  const bool wide = impl_->isa >= Isa::kAvx512;
+  const bool tile = impl_->isa >= Isa::kAvx2 && args.head_dim % 4 == 0;
+  const int64_t qtile = tile ? std::max<int64_t>(1, (wide ? kTileRows : kTileRows / 2) / group) : kQueryTile;
   std::vector<Item> items;
   for (size_t s = 0; s < args.sequences.size(); ++s) {
     const auto& seq = args.sequences[s];
@@ -636,9 +638,14 @@ void Compute::PagedAttentionImpl(const AttentionArgs& args) {
     ta.k_offset = args.kv.k_offset + it.g * args.kv.head_stride;
     ta.v_offset = args.kv.v_offset + it.g * args.kv.head_stride;
     ta.block_table = seq.block_table;
-    float* scratch =
-        impl_->Scratch(t, static_cast<size_t>(avx512::AttentionTileScratchFloats(ta.n_queries * group, args.head_dim)));
-    avx512::AttentionTile(ta, scratch);
+    const int64_t rows = ta.n_queries * group;
+    if (wide) {
+      avx512::AttentionTile(
+          ta, impl_->Scratch(t, static_cast<size_t>(avx512::AttentionTileScratchFloats(rows, args.head_dim))));
+    } else {
+      avx2::AttentionTile(
+          ta, impl_->Scratch(t, static_cast<size_t>(avx2::AttentionTileScratchFloats(rows, args.head_dim))));
+    }
   });
 }
 

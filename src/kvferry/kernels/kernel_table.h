@@ -84,6 +84,10 @@ const KernelTable* GetTable();
 // Hand-written AVX2 GEMV (gemv_avx2.cc).
 void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, int64_t k, int64_t n0, int64_t n1,
           float* y, int64_t ldy);
+// Hand-written AVX2 attention tile (attention_avx2.cc), the AVX-512 one's scheme on 8 lanes;
+// scratch holds AttentionTileScratchFloats(n_queries * group, head_dim) floats.
+int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);
+void AttentionTile(const AttentionTileArgs& args, float* scratch);
 }  // namespace avx2
 namespace avx512 {
 const KernelTable* GetTable();
