@@ -9,7 +9,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 #include "kvferry/kernels/attention_tile.h"
 #include "kvferry/kernels/kernel_table.h"
@@ -36,31 +35,6 @@ inline __m256 ExpClamped(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// One K or V row of hd elements (bf16, f16 or f32) to f32.
-inline void RowToF32(const char* src, DType dtype, int64_t hd, float* dst) {
-  int64_t d = 0;
-  if (dtype == DType::kF32) {
-    std::memcpy(dst, src, static_cast<size_t>(hd) * sizeof(float));
-    return;
-  }
-  const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
-  if (dtype == DType::kBF16) {
-    for (; d + 8 <= hd; d += 8) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + d));
-      _mm256_storeu_ps(dst + d, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16)));
-    }
-    for (; d < hd; ++d) {
-      const uint32_t bits = static_cast<uint32_t>(h[d]) << 16;
-      std::memcpy(dst + d, &bits, sizeof(bits));
-    }
-    return;
-  }
-  for (; d + 8 <= hd; d += 8) {
-    _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + d))));
-  }
-  for (; d < hd; ++d) dst[d] = _cvtsh_ss(h[d]);
-}
-
 struct V8 {
   using Vec = __m256;
   static constexpr int64_t kLanes = 8;
@@ -82,7 +56,10 @@ struct V8 {
   static Vec DropHidden(Vec e, Vec s) {
     return _mm256_and_ps(_mm256_cmp_ps(s, _mm256_set1_ps(-__builtin_inff()), _CMP_NEQ_OQ), e);
   }
-  static void RowToF32(const char* src, DType dtype, int64_t hd, float* dst) { avx2::RowToF32(src, dtype, hd, dst); }
+  // This level's to_f32 (vec_kernels.inc), which the compiler vectorizes for AVX2.
+  static void RowToF32(const char* src, DType dtype, int64_t hd, float* dst) {
+    GetTable()->to_f32(src, dtype, hd, dst);
+  }
 };
 
 }  // namespace

@@ -193,6 +193,15 @@ void Peer::RunLane(Lane* lane) {
     for (const Slice& s : inflight) Fail(s, st);
     inflight.clear();
   };
+  // Connects to `target`; the lane then uses that connection, and Stop can shut it down.
+  auto open_conn = [&](const PeerTarget& target, const Deadline& deadline) -> Status {
+    KVF_RETURN_IF_ERROR(Connect(target, deadline, &fd));
+    conn_epoch = target.epoch;
+    MutexLock l(mu_);
+    lane->fd_for_shutdown = fd;
+    if (stopping_) ::shutdown(fd, SHUT_RDWR);
+    return Status::Ok();
+  };
   {
     // A kvferry target keeps idle connections open: connect now, not with the first slice, so
     // that the first transfer to a segment does not pay the connection set-up (and, with a
@@ -204,12 +213,7 @@ void Peer::RunLane(Lane* lane) {
       first = target_;
       stopping = stopping_;
     }
-    if (!stopping && first.kvferry && Connect(first, Deadline::After(options_.connect_timeout), &fd).ok()) {
-      conn_epoch = first.epoch;
-      MutexLock l(mu_);
-      lane->fd_for_shutdown = fd;
-      if (stopping_) ::shutdown(fd, SHUT_RDWR);
-    }
+    if (!stopping && first.kvferry) (void)open_conn(first, Deadline::After(options_.connect_timeout));
   }
   std::vector<Slice> to_send;
   for (;;) {
@@ -241,16 +245,12 @@ void Peer::RunLane(Lane* lane) {
         continue;
       }
       if (fd < 0) {
-        Status st = Connect(t, Deadline::After(options_.connect_timeout).Min(s.deadline), &fd);
+        Status st = open_conn(t, Deadline::After(options_.connect_timeout).Min(s.deadline));
         if (!st.ok()) {
           MarkStale();
           Fail(s, st);
           continue;
         }
-        conn_epoch = t.epoch;
-        MutexLock l(mu_);
-        lane->fd_for_shutdown = fd;
-        if (stopping_) ::shutdown(fd, SHUT_RDWR);
       }
       Status st = SendRequest(fd, t, s);
       if (!st.ok()) {
