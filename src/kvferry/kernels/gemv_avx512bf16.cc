@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kvferry/kernels/avx512_sum.h"
 #include "kvferry/kernels/kernel_table.h"
 #include "kvferry/kernels/stream_prefetch.h"
 
@@ -126,29 +127,6 @@ void Rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, int64_t 
   for (; j < n1; ++j) Block<R, 1>(x, ldx, w, k, j, y, ldy);
 }
 
-// Sums each of 16 accumulators, given weight-row-major (a[4 * b + r]: x row r, weight row b),
-// into one vector holding them x-row-major (lane 4 * r + b). Pairwise in the order
-// _mm512_reduce_add_ps uses (256-bit halves, then 128-bit halves, then elements 0+2 / 1+3, then
-// 0+1), so each sum is bitwise what the 1..3-row path gets.
-inline __m512 TransposeSum16(const __m512* a) {
-  __m512 h[8];
-  for (int i = 0; i < 8; ++i) {
-    h[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE),
-                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44));
-  }
-  __m512 q[4];
-  for (int i = 0; i < 4; ++i) {
-    q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0xDD),
-                         _mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0x88));
-  }
-  __m512 e[2];
-  for (int i = 0; i < 2; ++i) {
-    e[i] =
-        _mm512_add_ps(_mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0x44), _mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0xEE));
-  }
-  return _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xDD));
-}
-
 // kPass x rows against kGroup weight rows from row j, over k in [k0, k1). acc holds the running
 // sums (weight-row-major); with `last` the sums go to y. Each step prefetches the same columns of
 // the next group's rows.
@@ -192,7 +170,7 @@ inline void Group(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t k, 
     return;
   }
   alignas(64) float sums[kGroup * kPass];
-  _mm512_store_ps(sums, TransposeSum16(a));
+  _mm512_store_ps(sums, avx512::TransposeSum16(a));
   for (int r = 0; r < kPass; ++r) {
     for (int b = 0; b < kGroup; ++b) y[r * ldy + j + b] = sums[kGroup * r + b];
   }

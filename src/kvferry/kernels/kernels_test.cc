@@ -450,10 +450,14 @@ struct AttentionShape {
 class PagedAttention : public ::testing::TestWithParam<AttentionShape> {};
 
 // Small heads and short sequences; then Qwen2.5-0.5B's heads (64 dims, 14 query heads on 2 kv
-// heads) with sequences that span several key chunks and query tiles.
+// heads) with sequences that span several key chunks and query tiles; then decode steps.
 INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttention,
                          ::testing::Values(AttentionShape{8, 6, 2, {{0, 1}, {0, 37}, {20, 1}, {5, 18}}},
-                                           AttentionShape{64, 14, 2, {{0, 150}, {100, 40}, {300, 1}, {63, 2}}}));
+                                           AttentionShape{64, 14, 2, {{0, 150}, {100, 40}, {300, 1}, {63, 2}}},
+                                           // Decode (one query token) on 64- and 128-dim heads:
+                                           // whole and partial 16-key chunks, one key alone.
+                                           AttentionShape{64, 14, 2, {{0, 1}, {15, 1}, {16, 1}, {47, 1}, {250, 1}}},
+                                           AttentionShape{128, 16, 2, {{0, 1}, {20, 1}, {95, 1}, {31, 3}}}));
 
 TEST_P(PagedAttention, MatchesDense) {
   std::mt19937 rng(5);
