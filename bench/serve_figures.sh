@@ -59,7 +59,7 @@ fi
 
 echo
 echo "== 2. disaggregated vs colocated, 1,024-token prompts, max_tokens 8, one request at a time"
-n_req=4; [ $quick = 1 ] && n_req=2
+n_req=8; [ $quick = 1 ] && n_req=2
 for proto in tcp shm; do
   p_port=$(pick) d_port=$(pick) x_port=$(pick) c_port=$(pick) boot=$(pick)
   cfg() { echo '{"kv_connector":"MooncakeConnector","kv_role":"'$1'","kv_connector_extra_config":{"mooncake_protocol":"'$proto'"}}'; }

@@ -11,7 +11,7 @@ for f in config.json generation_config.json model.safetensors tokenizer.json tok
 done
 out="$("$bin" bench model "$dir/m" --prompt-len 20 --gen-len 4 --batch 2 --threads 2 --json)"
 echo "$out"
-for key in prefill_tok_s decode_tok_s membw_gbps decode_roofline_tok_s; do
+for key in prefill_tok_s decode_tok_s membw_gbps membw_before_gbps membw_after_gbps decode_roofline_tok_s; do
   grep -q "\"$key\":[0-9]" <<<"$out" || { echo "no $key in: $out"; exit 1; }
 done
 out="$("$bin" bench membw --size 64MiB --reps 2 --json)"

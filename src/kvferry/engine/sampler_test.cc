@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
+#include <vector>
 
 namespace kvferry::engine {
 namespace {
@@ -56,6 +58,35 @@ TEST(SamplerTest, GreedyIsArgmaxLowestIdOnTies) {
   EXPECT_EQ(f.Sample(rng), 2);
   std::vector<float> tie = {1, 5, 5, 0};
   EXPECT_EQ(f.Sample(rng, nullptr, tie), 1);
+}
+
+// A vocabulary of real size: the maximum in every position (the whole-chunk part and the tail
+// past the last multiple of 16), the first of equal maxima, NaN never chosen, and the answer
+// with and without logprobs (which takes the path that copies the logits) the same.
+TEST(SamplerTest, GreedyOnALargeVocabFindsTheFirstMaximum) {
+  Fixture f;
+  f.p.temperature = 0;
+  Rng rng(0);
+  constexpr int64_t kVocab = 151936 + 7;
+  std::vector<float> x(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * 4.0f;
+  for (int64_t at : {int64_t{0}, int64_t{15}, int64_t{16}, int64_t{77777}, kVocab - 8, kVocab - 1}) {
+    std::vector<float> y = x;
+    y[at] = 9.0f;
+    EXPECT_EQ(f.Sample(rng, nullptr, y), at);
+    TokenLogprob lp;
+    f.p.logprobs = 0;
+    EXPECT_EQ(f.Sample(rng, &lp, y), at);
+    f.p.logprobs = -1;
+    if (at + 40 < kVocab) {
+      y[at + 40] = 9.0f;  // a later tie loses
+      y[at + 3] = std::nanf("");
+      EXPECT_EQ(f.Sample(rng, nullptr, y), at);
+    }
+  }
+  std::vector<float> masked(kVocab, -std::numeric_limits<float>::infinity());
+  masked[kVocab - 2] = -1e30f;
+  EXPECT_EQ(f.Sample(rng, nullptr, masked), kVocab - 2);
 }
 
 TEST(SamplerTest, RepetitionPenaltyHf) {
