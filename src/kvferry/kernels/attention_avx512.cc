@@ -103,8 +103,6 @@ void DecodeTile(const AttentionTileArgs& a, float* scratch) {
     mx[g] = -3.0e38f;
     sm[g] = 0.0f;
   }
-  const int64_t esize = a.kv_dtype == DType::kF32 ? 4 : 2;
-  const char* base = static_cast<const char*>(a.kv_base);
   for (int64_t c0 = 0; c0 < a.n_keys; c0 += kDecodeKeys) {
     const int64_t nc = std::min(kDecodeKeys, a.n_keys - c0);
     for (int64_t l = 0; l < kDecodeKeys; ++l) {
@@ -112,23 +110,7 @@ void DecodeTile(const AttentionTileArgs& a, float* scratch) {
         for (int v = 0; v < NDV; ++v) _mm512_storeu_ps(kf + l * hd + 16 * v, _mm512_setzero_ps());
         continue;
       }
-      const int64_t p = c0 + l;
-      const char* blk = base + static_cast<int64_t>(a.block_table[p / a.block_size]) * a.block_bytes;
-      const int64_t off = (p % a.block_size) * hd;
-      for (int v = 0; v < NDV; ++v) {
-        _mm512_storeu_ps(kf + l * hd + 16 * v, LoadF32(blk + (a.k_offset + off) * esize, a.kv_dtype, 16 * v));
-        _mm512_storeu_ps(vf + l * hd + 16 * v, LoadF32(blk + (a.v_offset + off) * esize, a.kv_dtype, 16 * v));
-      }
-      // Each key is read once a step: fetch the next chunk's rows meanwhile.
-      const int64_t pn = p + kDecodeKeys;
-      if (pn < a.n_keys) {
-        const char* nb = base + static_cast<int64_t>(a.block_table[pn / a.block_size]) * a.block_bytes;
-        const int64_t noff = (pn % a.block_size) * hd;
-        for (int64_t byte = 0; byte < hd * esize; byte += 64) {
-          _mm_prefetch(nb + (a.k_offset + noff) * esize + byte, _MM_HINT_T0);
-          _mm_prefetch(nb + (a.v_offset + noff) * esize + byte, _MM_HINT_T0);
-        }
-      }
+      KeyRowsToF32<V16>(a, c0 + l, kDecodeKeys, kf + l * hd, vf + l * hd);
     }
     const __mmask16 live = KeyLanes(nc);
     for (int64_t g = 0; g < group; ++g) {

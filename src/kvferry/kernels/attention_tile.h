@@ -94,6 +94,28 @@ inline void TileRowBlocks(int64_t rv, F f) {
   if (left == 1) f(RowBlock<1>{}, j);
 }
 
+// Key p's K and V rows (the kv head's, from the pages) as f32 in kr and vr, and a prefetch of
+// key p + ahead's rows: the cache is read once a step (decode), so the next chunk's keys are
+// fetched while this one is computed.
+template <class V>
+inline void KeyRowsToF32(const AttentionTileArgs& a, int64_t p, int64_t ahead, float* kr, float* vr) {
+  const int64_t hd = a.head_dim, esize = a.kv_dtype == DType::kF32 ? 4 : 2;
+  const char* base = static_cast<const char*>(a.kv_base);
+  const char* blk = base + static_cast<int64_t>(a.block_table[p / a.block_size]) * a.block_bytes;
+  const int64_t off = (p % a.block_size) * hd;
+  V::RowToF32(blk + (a.k_offset + off) * esize, a.kv_dtype, hd, kr);
+  V::RowToF32(blk + (a.v_offset + off) * esize, a.kv_dtype, hd, vr);
+  const int64_t pn = p + ahead;
+  if (pn < a.n_keys) {
+    const char* nb = base + static_cast<int64_t>(a.block_table[pn / a.block_size]) * a.block_bytes;
+    const int64_t noff = (pn % a.block_size) * hd;
+    for (int64_t byte = 0; byte < hd * esize; byte += 64) {
+      _mm_prefetch(nb + (a.k_offset + noff) * esize + byte, _MM_HINT_T0);
+      _mm_prefetch(nb + (a.v_offset + noff) * esize + byte, _MM_HINT_T0);
+    }
+  }
+}
+
 template <class V>
 inline int64_t TileScratchFloats(int64_t rows, int64_t hd) {
   const int64_t rl = RoundUpLanes<V>(rows);
@@ -130,29 +152,13 @@ void Tile(const AttentionTileArgs& a, float* scratch) {
     qpos[r] = static_cast<float>(a.first_pos + (r < rows ? r / group : a.n_queries - 1));
   }
 
-  const int64_t esize = a.kv_dtype == DType::kF32 ? 4 : 2;
-  const char* base = static_cast<const char*>(a.kv_base);
   const float first_pos = static_cast<float>(a.first_pos);
   for (int64_t c0 = 0; c0 < a.n_keys; c0 += kTileKeys) {
     const int64_t nc = a.n_keys - c0 < kTileKeys ? a.n_keys - c0 : kTileKeys;
     const int64_t nc4 = (nc + 3) & ~int64_t{3};
     for (int64_t l = 0; l < nc4; ++l) {
       if (l < nc) {
-        const int64_t p = c0 + l;
-        const char* blk = base + static_cast<int64_t>(a.block_table[p / a.block_size]) * a.block_bytes;
-        const int64_t off = (p % a.block_size) * hd;
-        V::RowToF32(blk + (a.k_offset + off) * esize, a.kv_dtype, hd, kf + l * hd);
-        V::RowToF32(blk + (a.v_offset + off) * esize, a.kv_dtype, hd, vf + l * hd);
-        // The cache is read once per step (decode): fetch the next chunk's rows meanwhile.
-        const int64_t pn = p + kTileKeys;
-        if (pn < a.n_keys) {
-          const char* nb = base + static_cast<int64_t>(a.block_table[pn / a.block_size]) * a.block_bytes;
-          const int64_t noff = (pn % a.block_size) * hd;
-          for (int64_t byte = 0; byte < hd * esize; byte += 64) {
-            _mm_prefetch(nb + (a.k_offset + noff) * esize + byte, _MM_HINT_T0);
-            _mm_prefetch(nb + (a.v_offset + noff) * esize + byte, _MM_HINT_T0);
-          }
-        }
+        KeyRowsToF32<V>(a, c0 + l, kTileKeys, kf + l * hd, vf + l * hd);
       } else {
         for (int64_t d = 0; d < hd; ++d) kf[l * hd + d] = vf[l * hd + d] = 0.0f;
       }
