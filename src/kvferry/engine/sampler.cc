@@ -116,9 +116,7 @@ int32_t SampleToken(const SamplerInput& in, Rng& rng, SamplerScratch& scratch, T
 
   int32_t token = -1;
   if (greedy) {
-    float best = kNegInf;
-    for (int64_t t = 0; t < vocab; ++t)
-      if (x[t] > best) best = x[t], token = static_cast<int32_t>(t);
+    token = FirstArgmax(x);
   } else {
     const float inv_t = static_cast<float>(1.0 / p.temperature);
     for (float& v : x) v *= inv_t;
