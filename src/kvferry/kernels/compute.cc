@@ -45,6 +45,7 @@ struct Compute::Impl {
   std::unique_ptr<ThreadTeam> team;
   std::vector<std::vector<float>> scratch;  // per thread
   std::vector<uint16_t> x_bf16;             // shared: x converted for the bf16 GEMM
+  std::vector<uint32_t> x_packed;           // shared: x as PackedX for packed weights
   std::vector<float> x_rounded;             // shared: x rounded like the int8 kernel (QuantGemm)
   std::vector<float> xt;                    // shared: x packed for the AVX-512 GEMM
   Compute::Profile prof;
@@ -72,6 +73,7 @@ struct Compute::Impl {
   }
 
   void GemvPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
+  void PackedPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void GemmPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   void OwnGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
   bool QuantGemm(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs);
@@ -176,6 +178,53 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<c
       }
       AddBias(o.bias, m, row, rend, o.y, ldy);
       b += rend - row;
+    }
+  });
+}
+
+// Packed bf16 weights (AVX512-BF16): x to bf16 pairs once (PackedX), then whole blocks of 16
+// weight rows over the concatenated outputs, about 8 parts a thread for decode and 4 of two
+// blocks each for prefill, claimed dynamically. The same kernel serves both: m only picks the
+// tile.
+void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
+  const int64_t k = outs[0].w.cols, pairs = k / 2;
+  const int64_t g = avx512bf16::PackedGroupRows(m);
+  x_bf16.resize(static_cast<size_t>(m * k));
+  x_packed.resize(static_cast<size_t>(m * pairs));
+  auto pack = [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t r0 = gi * g, rows = std::min(g, m - r0);
+      uint32_t* dst = &x_packed[r0 * pairs];
+      for (int64_t r = 0; r < rows; ++r) {
+        uint16_t* row = &x_bf16[(r0 + r) * k];
+        table->from_f32(x + (r0 + r) * ldx, k, DType::kBF16, row);
+        for (int64_t p = 0; p < pairs; ++p)
+          dst[p * rows + r] = static_cast<uint32_t>(row[2 * p]) | static_cast<uint32_t>(row[2 * p + 1]) << 16;
+      }
+    }
+  };
+  const int64_t groups = (m + g - 1) / g;
+  if (m <= kGemvMaxM) {
+    pack(0, groups);  // one group: not worth waking the team
+  } else {
+    ParallelFor(groups, pack);
+  }
+  int64_t total = 0;  // blocks
+  for (const auto& o : outs) total += o.w.rows / kPackRows;
+  const int64_t unit = m <= kGemvMaxM ? 1 : 2;
+  const int64_t units = (total + unit - 1) / unit;
+  const int64_t parts = std::min<int64_t>(units, (m <= kGemvMaxM ? 8 : 4) * size());
+  team->RunParts(parts, [&](int, int64_t p) {
+    int64_t b = units * p / parts * unit, e = std::min(total, units * (p + 1) / parts * unit);
+    int64_t first = 0;  // block index of the current output's block 0 in the concatenation
+    for (const auto& o : outs) {
+      const int64_t nb = o.w.rows / kPackRows;
+      const int64_t lb = std::max(b, first) - first, le = std::min(e, first + nb) - first;
+      first += nb;
+      if (lb >= le) continue;
+      const int64_t ldy = Ldy(o);
+      avx512bf16::MatMulPacked(x_packed.data(), m, static_cast<const uint16_t*>(o.w.data), k, lb, le, o.y, ldy);
+      AddBias(o.bias, m, lb * kPackRows, le * kPackRows, o.y, ldy);
     }
   });
 }
@@ -436,6 +485,34 @@ int Compute::num_threads() const {
 Isa Compute::isa() const {
   return impl_->isa;
 }
+bool Compute::PacksBf16() const {
+  return impl_->isa == Isa::kAvx512Bf16;
+}
+
+bool CanPackBf16(const Matrix& w) {
+  return w.dtype == DType::kBF16 && w.rows > 0 && w.rows % kPackRows == 0 && w.cols > 0 && w.cols % 16 == 0;
+}
+
+void PackBf16Blocks(uint16_t* w, int64_t cols, int64_t b0, int64_t b1) {
+  const int64_t pairs = cols / 2;
+  std::vector<uint32_t> rows(static_cast<size_t>(kPackRows * pairs));
+  for (int64_t b = b0; b < b1; ++b) {
+    uint16_t* block = w + b * kPackRows * cols;
+    std::memcpy(rows.data(), block, sizeof(uint16_t) * kPackRows * cols);  // [16][pairs] pairs
+    char* out = reinterpret_cast<char*>(block);
+    for (int64_t p = 0; p < pairs; ++p)
+      for (int64_t r = 0; r < kPackRows; ++r) std::memcpy(out + (p * kPackRows + r) * 4, &rows[r * pairs + p], 4);
+  }
+}
+
+void UnpackBf16Row(const uint16_t* w, int64_t cols, int64_t row, uint16_t* out) {
+  const uint16_t* block = w + row / kPackRows * kPackRows * cols;
+  const int64_t r = row % kPackRows;
+  for (int64_t p = 0; p < cols / 2; ++p) {
+    out[2 * p] = block[(p * kPackRows + r) * 2];
+    out[2 * p + 1] = block[(p * kPackRows + r) * 2 + 1];
+  }
+}
 
 std::string Compute::Describe() const {
   std::string s = std::string("isa=") + IsaName(impl_->isa) + " threads=" + std::to_string(impl_->size()) + " gemm=";
@@ -456,6 +533,7 @@ std::string Compute::Describe() const {
   } else {
     s += "scalar";
   }
+  if (PacksBf16()) s += "; bf16 weights packed at load: vdpbf16ps GEMV and GEMM (no oneDNN) on them";
   s += " quantized=";
   if (impl_->isa >= Isa::kAvx512Vnni) {
     s += "int8 AVX512-VNNI vpdpbusd (Q4_K/Q6_K: AVX2)";
@@ -533,6 +611,21 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
         QuantRows(o, b, e, x, m, ldx, impl_->isa);
       }
     });
+    (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
+    if (m <= kGemvMaxM)
+      p.gemv_bytes += bytes;
+    else
+      p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    return;
+  }
+  size_t packed = 0;
+  for (const auto& o : outputs) packed += o.w.packed ? 1 : 0;
+  if (packed != 0) {
+    if (!PacksBf16() || packed != outputs.size()) {  // a caller's bug, not an input error
+      KVF_LOG_ERROR("MatMul: packed bf16 weights need an AVX512-BF16 Compute and all outputs packed ({})", Describe());
+      std::abort();
+    }
+    impl_->PackedPath(x, m, ldx, outputs);
     (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
     if (m <= kGemvMaxM)
       p.gemv_bytes += bytes;

@@ -121,6 +121,19 @@ namespace avx512bf16 {
 // bf16, w is [rows][k]; f32 accumulation with vdpbf16ps (gemv_avx512bf16.cc).
 void GemvBf16(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* y,
               int64_t ldy);
+// Packed bf16 weights (kernels.h, kPackRows): x goes as PackedX, bf16 pairs in groups of rows,
+// each group [k / 2][rows of the group] of uint32 (the group of rows r0.. starts at r0 * k / 2).
+// Groups are the m rows themselves up to kPackedDecodeRows, else kPackedGroup rows (the last
+// one fewer).
+inline constexpr int64_t kPackedDecodeRows = 16;
+inline constexpr int64_t kPackedGroup = 12;
+inline int64_t PackedGroupRows(int64_t m) {
+  return m <= kPackedDecodeRows ? m : kPackedGroup;
+}
+// y[r * ldy + j] = sum_c x[r][c] * w[j][c] for r < m, j in [b0 * 16, b1 * 16): xp is PackedX,
+// w is packed (packed_avx512bf16.cc).
+void MatMulPacked(const uint32_t* xp, int64_t m, const uint16_t* w, int64_t k, int64_t b0, int64_t b1, float* y,
+                  int64_t ldy);
 }  // namespace avx512bf16
 
 }  // namespace kvferry::kernels

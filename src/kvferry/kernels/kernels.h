@@ -24,7 +24,9 @@ namespace kvferry::kernels {
 // kQ8_0.. are ggml's quantized blocks (quant.h), only ever a weight Matrix's dtype: MatMul takes
 // them, nothing else does.
 enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kQ8_0 = 3, kQ4_0 = 4, kQ4_K = 5, kQ6_K = 6, kQ5_0 = 7 };
-inline bool IsQuantized(DType dtype) { return dtype >= DType::kQ8_0; }
+inline bool IsQuantized(DType dtype) {
+  return dtype >= DType::kQ8_0;
+}
 // Bytes of a row of `cols` elements (quantized: whole blocks; cols a multiple of the block).
 int64_t DTypeRowBytes(DType dtype, int64_t cols);
 // Bytes per element; for quantized types 2 (an alignment only: use DTypeRowBytes for sizes).
@@ -81,13 +83,27 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 // y[i] += x[i].
 void AddInPlace(float* y, const float* x, int64_t n);
 
-// A weight matrix [rows][cols], row-major (the layout of HF nn.Linear: [out][in]). Borrowed.
+// A weight matrix [rows][cols], row-major (the layout of HF nn.Linear: [out][in]), or bf16
+// packed (below). Borrowed.
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::kF32;
-  int64_t rows = 0;  // N: output features
-  int64_t cols = 0;  // K: input features
+  int64_t rows = 0;     // N: output features
+  int64_t cols = 0;     // K: input features
+  bool packed = false;  // bf16 in the packed layout; only for a Compute whose PacksBf16()
 };
+
+// The packed bf16 layout of the AVX512-BF16 kernels: rows in blocks of kPackRows, each block
+// [cols / 2][kPackRows][2], i.e. one 64-byte line holds the same pair of columns of 16 rows (what
+// one vdpbf16ps multiplies; oneDNN calls it BA16a16b2a). A block occupies the same bytes as its
+// rows do row-major, so packing is in place, block by block, and the matrix's size is unchanged.
+inline constexpr int64_t kPackRows = 16;
+// Whether w can be packed: bf16, rows a multiple of kPackRows, cols a multiple of 16.
+bool CanPackBf16(const Matrix& w);
+// Rewrites blocks [b0, b1) of the row-major bf16 matrix at w (cols columns) in the packed layout.
+void PackBf16Blocks(uint16_t* w, int64_t cols, int64_t b0, int64_t b1);
+// Row `row` of a packed bf16 matrix, as its cols bf16 values (an embedding lookup).
+void UnpackBf16Row(const uint16_t* w, int64_t cols, int64_t row, uint16_t* out);
 
 // One product of a fused MatMul: y[m][n] = sum_k x[m][k] * w[n][k] (+ bias[n]).
 struct MatMulOutput {
@@ -152,6 +168,10 @@ class Compute {
 
   int num_threads() const;
   Isa isa() const;
+  // Whether MatMul wants bf16 weights packed (PackBf16Blocks): at the AVX512-BF16 level, where
+  // both the decode GEMV and the prefill GEMM run faster on them. (AMX keeps oneDNN's tiles on
+  // row-major weights.) MatMul takes packed matrices only on a Compute that wants them.
+  bool PacksBf16() const;
   // "avx512 + oneDNN f32 GEMM" etc., for logs and benchmark output.
   std::string Describe() const;
 

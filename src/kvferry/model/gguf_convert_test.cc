@@ -33,8 +33,8 @@ class GgufConvertTest : public ::testing::Test {
   std::string MakeModel(Architecture arch, bool tie = false) {
     // One directory per test: ctest runs the tests of this file in parallel.
     const std::string dir = ::testing::TempDir() + "/gguf_convert_" +
-                            ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" +
-                            GgufNameOf(arch) + (tie ? "_tied" : "");
+                            ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" + GgufNameOf(arch) +
+                            (tie ? "_tied" : "");
     std::filesystem::remove_all(dir);
     MakeTinyOptions o;
     o.arch = arch;
@@ -151,7 +151,8 @@ TEST_F(GgufConvertTest, LlamaQkRowsArePermutedLikeLlamaCpp) {
   }
   // v is not permuted; llama3 scaling became rope_freqs.weight (1 for high frequencies, the
   // factor for the lowest).
-  EXPECT_EQ(Gg(bytes, *f->FindTensor("blk.0.attn_v.weight")), Hf(dir, "model.layers.0.self_attn.v_proj.weight", {128, 256}));
+  EXPECT_EQ(Gg(bytes, *f->FindTensor("blk.0.attn_v.weight")),
+            Hf(dir, "model.layers.0.self_attn.v_proj.weight", {128, 256}));
   const GgufTensor* rf = f->FindTensor("rope_freqs.weight");
   ASSERT_NE(rf, nullptr);
   const auto factors = Gg(bytes, *rf);
@@ -163,7 +164,8 @@ TEST_F(GgufConvertTest, LlamaQkRowsArePermutedLikeLlamaCpp) {
 
 TEST_F(GgufConvertTest, QuantizedTypesAndErrors) {
   const std::string dir = MakeModel(Architecture::kQwen3);
-  for (GgufFileType ft : {GgufFileType::kBF16, GgufFileType::kF16, GgufFileType::kQ8_0, GgufFileType::kQ4_0, GgufFileType::kQ4_K_M}) {
+  for (GgufFileType ft :
+       {GgufFileType::kBF16, GgufFileType::kF16, GgufFileType::kQ8_0, GgufFileType::kQ4_0, GgufFileType::kQ4_K_M}) {
     SCOPED_TRACE(GgufFileTypeName(ft));
     const std::string bytes = Convert(dir, ft);
     auto f = ParseGguf(bytes);
@@ -176,9 +178,12 @@ TEST_F(GgufConvertTest, QuantizedTypesAndErrors) {
       // Values within the quantization error of each type (relative RMS over the tensor).
       std::string hf;
       const std::string n(t.name);
-      if (n == "token_embd.weight") hf = "model.embed_tokens.weight";
-      else if (n == "output.weight") hf = "lm_head.weight";
-      else continue;
+      if (n == "token_embd.weight")
+        hf = "model.embed_tokens.weight";
+      else if (n == "output.weight")
+        hf = "lm_head.weight";
+      else
+        continue;
       const auto a = Hf(dir, hf, t.shape()), b = Gg(bytes, t);
       double e2 = 0, x2 = 0;
       for (size_t i = 0; i < a.size(); ++i) e2 += (a[i] - b[i]) * (a[i] - b[i]), x2 += a[i] * a[i];
@@ -263,9 +268,16 @@ TEST_F(GgufConvertTest, LoadsAndMatchesTheDirectory) {
       const auto got = Logits(**gg, 384);
       ASSERT_EQ(got.size(), want.size());
       double max_diff = 0;
-      for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
-      // The tiny model is bf16: the bf16 file holds the same values, f32 too.
-      if (arch == Architecture::kLlama) {
+      for (size_t i = 0; i < got.size(); ++i)
+        max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
+      // The tiny model is bf16: the bf16 file holds the same values, f32 too. Where bf16
+      // weights are packed (AVX512-BF16), the prompt's activations meet them rounded to bf16,
+      // and f32 weights take the f32 path: close, not equal. For llama that rounding also
+      // magnifies rope_freqs' difference (an activation one ulp off can round the other way).
+      const bool packed = (*hf)->Describe().find("packed") != std::string::npos;
+      if (packed && (std::string(type) == "f32" || arch == Architecture::kLlama)) {
+        EXPECT_LT(max_diff, 0.1) << type;
+      } else if (arch == Architecture::kLlama) {
         EXPECT_LT(max_diff, 2e-3) << type;
       } else {
         EXPECT_EQ(max_diff, 0.0) << type;
@@ -359,8 +371,11 @@ TEST_F(GgufConvertTest, TokenizerFromMetadataMatchesTheDirectory) {
     auto b = tokenizer::Tokenizer::Load(path);
     ASSERT_TRUE(a.ok()) << a.status().ToString();
     ASSERT_TRUE(b.ok()) << b.status().ToString();
-    const char* texts[] = {"the theory of the thing", "Hello, world! 12345 there", " leading and  double  spaces\n\n",
-                           "<|im_start|>user\nhi<|im_end|>", "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x99\x82 re-entry 'll 've",
+    const char* texts[] = {"the theory of the thing",
+                           "Hello, world! 12345 there",
+                           " leading and  double  spaces\n\n",
+                           "<|im_start|>user\nhi<|im_end|>",
+                           "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x99\x82 re-entry 'll 've",
                            ""};
     for (const char* t : texts) {
       SCOPED_TRACE(t);

@@ -53,6 +53,8 @@ struct Model::Impl {
   std::vector<float> inv_freq;
   float rope_factor = 1.0f;
   uint64_t decode_bytes = 0;
+  std::string fingerprint;  // of the weights as loaded, before any packing
+  bool packed = false;      // bf16 matrices packed for the Compute (PackWeights)
 
   // Scratch, reused across steps.
   std::vector<float> x, h, q, k, v, attn, gate, up, cos, sin, hs;
@@ -75,7 +77,36 @@ struct Model::Impl {
   StatusOr<Matrix> GetMatrix(const std::string& name, int64_t rows, int64_t cols, std::vector<const void*>* regions,
                              std::vector<uint64_t>* sizes);
   StatusOr<std::vector<float>> GetVector(const std::string& name, int64_t n);
+  std::string ComputeFingerprint() const;
+  Status PackWeights();
 };
+
+// Packs every bf16 matrix of the forward pass in place when the Compute wants it (kernels.h,
+// PackBf16Blocks): only weights read into memory (a mapped file stays as the file has it), and
+// only if every one can be packed, since fused products take all or none.
+Status Model::Impl::PackWeights() {
+  if (!compute->PacksBf16() || !weights->in_memory()) return Status::Ok();
+  std::vector<Matrix*> all = {&lm_head};
+  for (Layer& L : layers)
+    for (Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) all.push_back(m);
+  for (const Matrix* m : all)
+    if (!kernels::CanPackBf16(*m)) return Status::Ok();
+  const auto t0 = std::chrono::steady_clock::now();
+  KVF_RETURN_IF_ERROR(weights->SetWritable(true));
+  for (Matrix* m : all) {
+    auto* w = static_cast<uint16_t*>(const_cast<void*>(m->data));
+    const int64_t cols = m->cols;
+    compute->ParallelFor(m->rows / kernels::kPackRows,
+                         [w, cols](int64_t b, int64_t e) { kernels::PackBf16Blocks(w, cols, b, e); });
+    m->packed = true;
+  }
+  KVF_RETURN_IF_ERROR(weights->SetWritable(false));
+  if (embed.data == lm_head.data) embed.packed = true;  // tied: the lookup reads packed rows
+  packed = true;
+  KVF_LOG_DEBUG("packed {} bf16 matrices for vdpbf16ps in {:.2f} s", all.size(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return Status::Ok();
+}
 
 StatusOr<Matrix> Model::Impl::GetMatrix(const std::string& name, int64_t rows, int64_t cols,
                                         std::vector<const void*>* regions, std::vector<uint64_t>* sizes) {
@@ -188,6 +219,9 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadO
   copt.max_isa = options.max_isa;
   copt.use_gemm_library = options.use_gemm_library;
   KVF_ASSIGN_OR_RETURN(impl->compute, kernels::Compute::Create(copt));
+  impl->fingerprint = impl->ComputeFingerprint();
+  st = impl->PackWeights();
+  if (!st.ok()) return st.WithContext(dir);
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 
@@ -213,6 +247,11 @@ std::string Model::Describe() const {
 }
 
 std::string Model::Fingerprint() const {
+  return impl_->fingerprint;
+}
+
+// A hash of the weights' shapes and of a few bytes of each matrix as the files hold them.
+std::string Model::Impl::ComputeFingerprint() const {
   uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits
   auto mix = [&h](const void* p, size_t n) {
     const auto* b = static_cast<const unsigned char*>(p);
@@ -229,13 +268,13 @@ std::string Model::Fingerprint() const {
       mix(d + from, static_cast<size_t>(std::min<int64_t>(64, bytes - from)));
     }
   };
-  matrix(impl_->embed);
-  matrix(impl_->lm_head);
-  for (const Layer& l : impl_->layers)
+  matrix(embed);
+  matrix(lm_head);
+  for (const Layer& l : layers)
     for (const Matrix* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) matrix(*m);
-  mix(impl_->final_norm.data(), impl_->final_norm.size() * sizeof(float));
-  const ModelConfig& c = impl_->config;
-  return fmt::format("{} {} {}x{} #{:016x}", ArchitectureName(c.arch), kernels::DTypeName(weight_dtype()), c.num_layers,
+  mix(final_norm.data(), final_norm.size() * sizeof(float));
+  const ModelConfig& c = config;
+  return fmt::format("{} {} {}x{} #{:016x}", ArchitectureName(c.arch), kernels::DTypeName(embed.dtype), c.num_layers,
                      c.hidden_size, h);
 }
 
@@ -244,7 +283,7 @@ std::string Model::DescribeWeightMemory() const {
   const uint64_t mb = w.total_bytes() >> 20;
   if (!w.in_memory()) return std::to_string(mb) + " MB mapped from the files (KVFERRY_WEIGHTS=mmap)";
   return std::to_string(mb) + " MB read into memory, " + std::to_string(w.huge_page_bytes() >> 20) +
-         " MB of it in 2 MiB pages";
+         " MB of it in 2 MiB pages" + (impl_->packed ? ", bf16 matrices packed for vdpbf16ps" : "");
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::CreateKvCache(const KvCacheOptions& options) const {
@@ -316,7 +355,11 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
   cp.ParallelFor(T, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const char* erow = static_cast<const char*>(m.embed.data) + m.tok[t] * erb;
-      if (kernels::IsQuantized(m.embed.dtype)) {  // GGUF
+      if (m.embed.packed) {  // tied to the packed lm_head
+        std::vector<uint16_t> row(static_cast<size_t>(H));
+        kernels::UnpackBf16Row(static_cast<const uint16_t*>(m.embed.data), H, m.tok[t], row.data());
+        kernels::ConvertToF32(row.data(), DType::kBF16, H, &m.x[t * H]);
+      } else if (kernels::IsQuantized(m.embed.dtype)) {  // GGUF
         kernels::DequantizeRow(kernels::QuantTypeOf(m.embed.dtype), erow, H, &m.x[t * H]);
       } else {
         kernels::ConvertToF32(erow, m.embed.dtype, H, &m.x[t * H]);

@@ -115,6 +115,14 @@ MappedFile::~MappedFile() {
   if (region_ != nullptr) ::munmap(region_, region_size_);
 }
 
+Status MappedFile::SetWritable(bool writable) {
+  if (!in_memory_) return FailedPreconditionError(path_ + ": mapped from the file, cannot be rewritten");
+  if (region_ == nullptr) return Status::Ok();
+  if (::mprotect(region_, region_size_, writable ? PROT_READ | PROT_WRITE : PROT_READ) != 0)
+    return ErrnoToStatus(errno, "mprotect " + path_);
+  return Status::Ok();
+}
+
 uint64_t MappedFile::HugePageBytes() const {
   if (!in_memory_ || data_ == nullptr) return 0;
   std::ifstream in("/proc/self/smaps");
@@ -229,6 +237,11 @@ uint64_t WeightFiles::total_bytes() const {
   uint64_t n = 0;
   for (const auto& f : files_) n += f->size();
   return n;
+}
+
+Status WeightFiles::SetWritable(bool writable) {
+  for (const auto& f : files_) KVF_RETURN_IF_ERROR(f->SetWritable(writable));
+  return Status::Ok();
 }
 
 uint64_t WeightFiles::huge_page_bytes() const {

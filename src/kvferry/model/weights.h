@@ -39,6 +39,9 @@ class MappedFile {
   // Bytes of the data backed by 2 MiB pages now (from /proc/self/smaps; 0 when mapped or
   // when the kernel gave none).
   uint64_t HugePageBytes() const;
+  // In-memory files only: lets the data be rewritten in place (weights packed at load), or
+  // makes it read-only again.
+  Status SetWritable(bool writable);
 
  private:
   MappedFile() = default;
@@ -71,6 +74,8 @@ class WeightFiles {
   uint64_t total_bytes() const;
   uint64_t huge_page_bytes() const;
   bool in_memory() const { return !files_.empty() && files_[0]->in_memory(); }
+  // MappedFile::SetWritable for every file (in memory only; an error for mapped files).
+  Status SetWritable(bool writable);
 
   bool Has(const std::string& name) const { return index_.count(name) != 0; }
   // The tensor `name`, which must be a float tensor of exactly `shape`.
