@@ -589,12 +589,18 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
     quantized |= IsQuantized(o.w.dtype);
   }
   Profile& p = impl_->prof;
+  auto account = [&] {  // decode steps count bytes streamed, prefill flops
+    (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
+    if (m <= kGemvMaxM)
+      p.gemv_bytes += bytes;
+    else
+      p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+  };
   bool all_quantized = quantized;
   for (const auto& o : outputs) all_quantized = all_quantized && IsQuantized(o.w.dtype);
   if (all_quantized && m > kGemvMaxM && impl_->lib != nullptr && impl_->isa >= Isa::kAvx2 &&
       impl_->QuantGemm(x, m, ldx, outputs)) {
-    p.gemm_s += Since(t0);
-    p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    account();
     return;
   }
   if (quantized) {  // GGUF weights (quant.h): the rows of all outputs, one after another, split over the team
@@ -611,11 +617,7 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
         QuantRows(o, b, e, x, m, ldx, impl_->isa);
       }
     });
-    (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
-    if (m <= kGemvMaxM)
-      p.gemv_bytes += bytes;
-    else
-      p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    account();
     return;
   }
   size_t packed = 0;
@@ -626,22 +628,15 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
       std::abort();
     }
     impl_->PackedPath(x, m, ldx, outputs);
-    (m <= kGemvMaxM ? p.gemv_s : p.gemm_s) += Since(t0);
-    if (m <= kGemvMaxM)
-      p.gemv_bytes += bytes;
-    else
-      p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
+    account();
     return;
   }
   if (m <= kGemvMaxM) {
     impl_->GemvPath(x, m, ldx, outputs);
-    p.gemv_s += Since(t0);
-    p.gemv_bytes += bytes;
   } else {
     impl_->GemmPath(x, m, ldx, outputs);
-    p.gemm_s += Since(t0);
-    p.gemm_flop += 2.0 * static_cast<double>(m) * n * static_cast<double>(outputs[0].w.cols);
   }
+  account();
 }
 
 double Compute::MeasurePeakGflops(int reps) {
