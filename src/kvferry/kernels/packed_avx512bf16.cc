@@ -37,10 +37,10 @@ inline __m512bh AsBh(__m512i v) {
 
 // Bytes requested ahead in decode tiles, shared by the tile's NB streams (kAhead: elements
 // per stream). One row (4 streams) read fastest with 8 KiB, 16 rows (one stream) with 16-24.
-// Prefill: bytes of x (a chunk of rows) that meet the thread's weights before the next chunk.
-constexpr int64_t kXChunkBytes = 512 << 10;
 template <int NB>
 constexpr int64_t kAhead = (NB == 1 ? 16384 : 8192) / NB / 2;
+// Prefill: bytes of x (a chunk of rows) that meet the thread's weights before the next chunk.
+constexpr int64_t kXChunkBytes = 512 << 10;
 
 // R rows of x (xg: [k/2][R] pairs) against NB packed blocks from block `blk`; y gets the
 // 16 * NB outputs of each row. With kPrefetch, each block's stream is prefetched ahead.
@@ -151,8 +151,7 @@ void MatMulPacked(const uint32_t* xp, int64_t m, const uint16_t* w, int64_t k, i
                   int64_t ldy) {
   if (m <= kPackedDecodeRows) return Decode(xp, m, w, k, b0, b1, y, ldy);
   // Prefill: two blocks at a time (2 * 32 * k bytes, in L1/L2) meet every row group of a chunk
-  // of rows whose x stays in L2 (a whole 1,024-token x read from L3 for every two blocks was
-  // 3-7% slower than oneDNN).
+  // of rows whose x stays in L2, instead of the whole x coming from L3 for every two blocks.
   constexpr int64_t G = kPackedGroup;
   const int64_t pairs = k / 2;
   const int64_t chunk = std::max<int64_t>(1, kXChunkBytes / (4 * pairs) / G) * G;
@@ -164,8 +163,8 @@ void MatMulPacked(const uint32_t* xp, int64_t m, const uint16_t* w, int64_t k, i
       for (; r0 + G <= c1; r0 += G) {
         const uint32_t* xg = xp + r0 * pairs;
         if (nb == 2) {
-          // The chunk's first tile also requests the next two blocks (into L2): without it
-          // each pair's first tile waited on memory.
+          // The chunk's first tile also requests the next two blocks (into L2), so that the
+          // next pair's first tile does not start on lines still in memory.
           Tile<G, 2, false>(xg, w, k, b, y + r0 * ldy, ldy, r0 == c0 && b + 4 <= b1);
         } else {
           Tile<G, 1, false>(xg, w, k, b, y + r0 * ldy, ldy);

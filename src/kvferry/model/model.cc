@@ -54,7 +54,6 @@ struct Model::Impl {
   float rope_factor = 1.0f;
   uint64_t decode_bytes = 0;
   std::string fingerprint;  // of the weights as loaded, before any packing
-  bool packed = false;      // bf16 matrices packed for the Compute (PackWeights)
 
   // Scratch, reused across steps.
   std::vector<float> x, h, q, k, v, attn, gate, up, cos, sin, hs;
@@ -102,7 +101,6 @@ Status Model::Impl::PackWeights() {
   }
   KVF_RETURN_IF_ERROR(weights->SetWritable(false));
   if (embed.data == lm_head.data) embed.packed = true;  // tied: the lookup reads packed rows
-  packed = true;
   KVF_LOG_DEBUG("packed {} bf16 matrices for vdpbf16ps in {:.2f} s", all.size(),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return Status::Ok();
@@ -283,7 +281,7 @@ std::string Model::DescribeWeightMemory() const {
   const uint64_t mb = w.total_bytes() >> 20;
   if (!w.in_memory()) return std::to_string(mb) + " MB mapped from the files (KVFERRY_WEIGHTS=mmap)";
   return std::to_string(mb) + " MB read into memory, " + std::to_string(w.huge_page_bytes() >> 20) +
-         " MB of it in 2 MiB pages" + (impl_->packed ? ", bf16 matrices packed for vdpbf16ps" : "");
+         " MB of it in 2 MiB pages" + (impl_->lm_head.packed ? ", bf16 matrices packed for vdpbf16ps" : "");
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::CreateKvCache(const KvCacheOptions& options) const {
@@ -353,10 +351,10 @@ Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache, Forw
   kernels::Compute& cp = *m.compute;
   const int64_t erb = kernels::DTypeRowBytes(m.embed.dtype, H);
   cp.ParallelFor(T, [&](int64_t b, int64_t e) {
+    std::vector<uint16_t> row(m.embed.packed ? static_cast<size_t>(H) : 0);  // a packed row, unpacked
     for (int64_t t = b; t < e; ++t) {
       const char* erow = static_cast<const char*>(m.embed.data) + m.tok[t] * erb;
       if (m.embed.packed) {  // tied to the packed lm_head
-        std::vector<uint16_t> row(static_cast<size_t>(H));
         kernels::UnpackBf16Row(static_cast<const uint16_t*>(m.embed.data), H, m.tok[t], row.data());
         kernels::ConvertToF32(row.data(), DType::kBF16, H, &m.x[t * H]);
       } else if (kernels::IsQuantized(m.embed.dtype)) {  // GGUF
