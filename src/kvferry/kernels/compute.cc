@@ -188,9 +188,13 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<c
 // tile.
 void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   const int64_t k = outs[0].w.cols, pairs = k / 2;
+  // AVX2 reads x as it is (f32, broadcast from its rows); AVX512-BF16 wants bf16 pairs.
+  const bool bf16_pairs = isa != Isa::kAvx2;
   const int64_t g = avx512bf16::PackedGroupRows(m);
-  x_bf16.resize(static_cast<size_t>(m * k));
-  x_packed.resize(static_cast<size_t>(m * pairs));
+  if (bf16_pairs) {
+    x_bf16.resize(static_cast<size_t>(m * k));
+    x_packed.resize(static_cast<size_t>(m * pairs));
+  }
   auto pack = [&](int64_t g0, int64_t g1) {
     for (int64_t gi = g0; gi < g1; ++gi) {
       const int64_t r0 = gi * g, rows = std::min(g, m - r0);
@@ -204,9 +208,9 @@ void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span
     }
   };
   const int64_t groups = (m + g - 1) / g;
-  if (m <= kGemvMaxM) {
+  if (bf16_pairs && m <= kGemvMaxM) {
     pack(0, groups);  // one group: not worth waking the team
-  } else {
+  } else if (bf16_pairs) {
     ParallelFor(groups, pack);
   }
   int64_t total = 0;  // blocks
@@ -223,7 +227,12 @@ void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span
       first += nb;
       if (lb >= le) continue;
       const int64_t ldy = Ldy(o);
-      avx512bf16::MatMulPacked(x_packed.data(), m, static_cast<const uint16_t*>(o.w.data), k, lb, le, o.y, ldy);
+      const auto* w = static_cast<const uint16_t*>(o.w.data);
+      if (bf16_pairs) {
+        avx512bf16::MatMulPacked(x_packed.data(), m, w, k, lb, le, o.y, ldy);
+      } else {
+        avx2::MatMulPacked(x, m, ldx, w, k, lb, le, o.y, ldy);
+      }
       AddBias(o.bias, m, lb * kPackRows, le * kPackRows, o.y, ldy);
     }
   });
@@ -486,7 +495,7 @@ Isa Compute::isa() const {
   return impl_->isa;
 }
 bool Compute::PacksBf16() const {
-  return impl_->isa == Isa::kAvx512Bf16;
+  return impl_->isa == Isa::kAvx512Bf16 || impl_->isa == Isa::kAvx2;
 }
 
 bool CanPackBf16(const Matrix& w) {
@@ -533,7 +542,10 @@ std::string Compute::Describe() const {
   } else {
     s += "scalar";
   }
-  if (PacksBf16()) s += "; bf16 weights packed at load: vdpbf16ps GEMV and GEMM (no oneDNN) on them";
+  if (PacksBf16()) {
+    s += impl_->isa == Isa::kAvx2 ? "; bf16 weights packed at load: AVX2 FMA register tiles (no oneDNN) on them"
+                                  : "; bf16 weights packed at load: vdpbf16ps GEMV and GEMM (no oneDNN) on them";
+  }
   s += " quantized=";
   if (impl_->isa >= Isa::kAvx512Vnni) {
     s += "int8 AVX512-VNNI vpdpbusd (Q4_K/Q6_K: AVX2)";
@@ -624,7 +636,7 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   for (const auto& o : outputs) packed += o.w.packed ? 1 : 0;
   if (packed != 0) {
     if (!PacksBf16() || packed != outputs.size()) {  // a caller's bug, not an input error
-      KVF_LOG_ERROR("MatMul: packed bf16 weights need an AVX512-BF16 Compute and all outputs packed ({})", Describe());
+      KVF_LOG_ERROR("MatMul: packed bf16 weights need a Compute that packs them and all outputs packed ({})", Describe());
       std::abort();
     }
     impl_->PackedPath(x, m, ldx, outputs);

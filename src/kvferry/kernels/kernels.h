@@ -93,9 +93,10 @@ struct Matrix {
   bool packed = false;  // bf16 in the packed layout; only for a Compute whose PacksBf16()
 };
 
-// The packed bf16 layout of the AVX512-BF16 kernels: rows in blocks of kPackRows, each block
-// [cols / 2][kPackRows][2], i.e. one 64-byte line holds the same pair of columns of 16 rows (what
-// one vdpbf16ps multiplies; oneDNN calls it BA16a16b2a). A block occupies the same bytes as its
+// The packed bf16 layout of the AVX512-BF16 and AVX2 kernels: rows in blocks of kPackRows, each
+// block [cols / 2][kPackRows][2], i.e. one 64-byte line holds the same pair of columns of 16 rows
+// (what one vdpbf16ps multiplies, and two 8-output halves for AVX2's FMAs once widened; oneDNN
+// calls it BA16a16b2a). A block occupies the same bytes as its
 // rows do row-major, so packing is in place, block by block, and the matrix's size is unchanged.
 inline constexpr int64_t kPackRows = 16;
 // Whether w can be packed: bf16, rows a multiple of kPackRows, cols a multiple of 16.
@@ -168,9 +169,10 @@ class Compute {
 
   int num_threads() const;
   Isa isa() const;
-  // Whether MatMul wants bf16 weights packed (PackBf16Blocks): at the AVX512-BF16 level, where
-  // both the decode GEMV and the prefill GEMM run faster on them. (AMX keeps oneDNN's tiles on
-  // row-major weights.) MatMul takes packed matrices only on a Compute that wants them.
+  // Whether MatMul wants bf16 weights packed (PackBf16Blocks): at the AVX512-BF16 and AVX2
+  // levels, where both the decode GEMV and the prefill GEMM run faster on them. (AMX keeps
+  // oneDNN's tiles on row-major weights; avx512 and avx512-vnni keep their row-major kernels.)
+  // MatMul takes packed matrices only on a Compute that wants them.
   bool PacksBf16() const;
   // "avx512 + oneDNN f32 GEMM" etc., for logs and benchmark output.
   std::string Describe() const;

@@ -101,7 +101,7 @@ Status Model::Impl::PackWeights() {
   }
   KVF_RETURN_IF_ERROR(weights->SetWritable(false));
   if (embed.data == lm_head.data) embed.packed = true;  // tied: the lookup reads packed rows
-  KVF_LOG_DEBUG("packed {} bf16 matrices for vdpbf16ps in {:.2f} s", all.size(),
+  KVF_LOG_DEBUG("packed {} bf16 matrices in 16-row blocks in {:.2f} s", all.size(),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return Status::Ok();
 }
@@ -281,7 +281,7 @@ std::string Model::DescribeWeightMemory() const {
   const uint64_t mb = w.total_bytes() >> 20;
   if (!w.in_memory()) return std::to_string(mb) + " MB mapped from the files (KVFERRY_WEIGHTS=mmap)";
   return std::to_string(mb) + " MB read into memory, " + std::to_string(w.huge_page_bytes() >> 20) +
-         " MB of it in 2 MiB pages" + (impl_->lm_head.packed ? ", bf16 matrices packed for vdpbf16ps" : "");
+         " MB of it in 2 MiB pages" + (impl_->lm_head.packed ? ", bf16 matrices packed in 16-row blocks" : "");
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::CreateKvCache(const KvCacheOptions& options) const {
