@@ -88,6 +88,8 @@ void Gemv(const float* x, int64_t m, int64_t ldx, const void* w, DType dtype, in
 // scratch holds AttentionTileScratchFloats(n_queries * group, head_dim) floats.
 int64_t AttentionTileScratchFloats(int64_t rows, int64_t head_dim);
 void AttentionTile(const AttentionTileArgs& args, float* scratch);
+// silu(gate) * up with a vector exp (the table's silu_mul for AVX2; attention_avx2.cc).
+void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 // Packed bf16 weights (kernels.h, kPackRows) against f32 x (packed_avx2.cc): y[r * ldy + j] =
 // sum_c x[r * ldx + c] * w[j][c] for r < m (any m), j in [b0 * 16, b1 * 16). Up to
 // kDecodeRowsMax rows stream the weights once (decode); more run register tiles (prefill).
