@@ -128,7 +128,7 @@ static_assert(kPrefillRows == 6);
 #define KVF_STORE(addr, a, b) \
   "vmovups " a ", " addr      \
   "\n\t"                      \
-  "vmovups " b ", 32+" addr "\n\t"
+  "vmovups " b ", 32" addr "\n\t"
 // With kPrefetch (the first pass of a decode step over a block), each line requests the one
 // kAheadBytes<1> on, into the next block at the end.
 template <bool kPrefetch>
