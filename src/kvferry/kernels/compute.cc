@@ -207,11 +207,13 @@ void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span
       }
     }
   };
-  const int64_t groups = (m + g - 1) / g;
-  if (bf16_pairs && m <= kGemvMaxM) {
-    pack(0, groups);  // one group: not worth waking the team
-  } else if (bf16_pairs) {
-    ParallelFor(groups, pack);
+  if (bf16_pairs) {
+    const int64_t groups = (m + g - 1) / g;
+    if (m <= kGemvMaxM) {
+      pack(0, groups);  // one group: not worth waking the team
+    } else {
+      ParallelFor(groups, pack);
+    }
   }
   int64_t total = 0;  // blocks
   for (const auto& o : outs) total += o.w.rows / kPackRows;
@@ -543,8 +545,8 @@ std::string Compute::Describe() const {
     s += "scalar";
   }
   if (PacksBf16()) {
-    s += impl_->isa == Isa::kAvx2 ? "; bf16 weights packed at load: AVX2 FMA register tiles (no oneDNN) on them"
-                                  : "; bf16 weights packed at load: vdpbf16ps GEMV and GEMM (no oneDNN) on them";
+    s += std::string("; bf16 weights packed at load: ") +
+         (impl_->isa == Isa::kAvx2 ? "AVX2 FMA register tiles" : "vdpbf16ps GEMV and GEMM") + " (no oneDNN) on them";
   }
   s += " quantized=";
   if (impl_->isa >= Isa::kAvx512Vnni) {
@@ -636,7 +638,8 @@ void Compute::MatMul(const float* x, int64_t m, int64_t ldx, std::span<const Mat
   for (const auto& o : outputs) packed += o.w.packed ? 1 : 0;
   if (packed != 0) {
     if (!PacksBf16() || packed != outputs.size()) {  // a caller's bug, not an input error
-      KVF_LOG_ERROR("MatMul: packed bf16 weights need a Compute that packs them and all outputs packed ({})", Describe());
+      KVF_LOG_ERROR("MatMul: packed bf16 weights need a Compute that packs them and all outputs packed ({})",
+                    Describe());
       std::abort();
     }
     impl_->PackedPath(x, m, ldx, outputs);

@@ -275,12 +275,12 @@ TEST_P(AtLevel, Bf16DecodeIsBatchInvariant) {
   }
 }
 
-// bf16 weights packed at load (AVX512-BF16): packing is a permutation that UnpackBf16Row
+// bf16 weights packed at load, at both levels that pack them (avx512-bf16: x rounded to bf16,
+// vdpbf16ps; avx2: x in f32, widened weights): packing is a permutation that UnpackBf16Row
 // inverts, MatMul on packed weights matches the reference for decode and prefill shapes with
 // fused outputs, biases, ragged row groups and every thread count; and a row's result is
-// bitwise the same for any m, decode or prefill (one summation order for all tiles).
-// Packed bf16 weights at both levels that pack them: avx512-bf16 (x rounded to bf16, vdpbf16ps)
-// and avx2 (x in f32, widened weights). k = 2,560 makes two chunks of rows in the AVX2 prefill.
+// bitwise the same for any m, decode or prefill (one summation order for all tiles). k = 2,560
+// makes two chunks of rows in the AVX2 prefill.
 TEST(PackedBf16, PackingRoundTripsAndMatMulMatchesReference) {
   std::mt19937 rng(31);
   int levels_run = 0;
