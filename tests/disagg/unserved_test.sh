@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Decode legs for transfers no prefill will serve, with DEFAULT connector settings (routers send
+# Decode legs for transfers no prefill will serve, with default connector settings except the
+# prefiller's unclaimed-pull bound, 12 s here instead of 30 s to keep the test short (routers send
 # the decode leg even when the prefill leg was refused or never sent): a prefiller, a decoder with
 # kv_load_failure_policy fail, one with recompute, a colocated reference. Each case prints ok/FAIL.
 #   refused_prefill_leg   the prefill leg was refused (bad body 400, unknown model 404): the decode
-#                         leg ends at once (not after the 30 s bound: the error names the refusal;
-#                         20 s allowed for a loaded CI machine) — fail: that error; recompute: 200
+#                         leg ends at once (not after the 12 s bound: the error names the refusal;
+#                         8 s allowed for a loaded CI machine) — fail: that error; recompute: 200
 #                         with the colocated answer
 #   duplicate_transfer_id a second prefill leg with an active transfer_id is refused (409) and
 #                         the first one's decode leg still gets its KV
-#   never_prefilled       no prefill leg at all: ends within 35 s (the 30 s unclaimed-pull bound)
+#   never_prefilled       no prefill leg at all: ends within 20 s (the 12 s unclaimed-pull bound)
 #   abandoned_load        a client gives up while its decode leg waits for remote KV: the load ends,
 #                         the decoder frees its blocks and the prefiller its waiting pull within 5 s
 #   decoder_refuses       the decoder refuses a decode leg (wrong remote_engine_id, invalid body)
@@ -27,7 +28,7 @@ p_cfg='{"kv_connector":"MooncakeConnector","kv_role":"kv_producer"}'
 f_cfg='{"kv_connector":"MooncakeConnector","kv_role":"kv_consumer","kv_load_failure_policy":"fail"}'
 r_cfg='{"kv_connector":"MooncakeConnector","kv_role":"kv_consumer","kv_load_failure_policy":"recompute"}'
 start colocated -- serve "$work/m" --port "$C" "${common[@]}"
-start prefill VLLM_MOONCAKE_BOOTSTRAP_PORT="$BOOT" -- serve "$work/m" --port "$P" "${common[@]}" --kv-transfer-config "$p_cfg"
+start prefill VLLM_MOONCAKE_BOOTSTRAP_PORT="$BOOT" KVFERRY_UNCLAIMED_PULL_TIMEOUT=12 -- serve "$work/m" --port "$P" "${common[@]}" --kv-transfer-config "$p_cfg"
 start dfail -- serve "$work/m" --port "$F" "${common[@]}" --kv-transfer-config "$f_cfg"
 start drec -- serve "$work/m" --port "$R" "${common[@]}" --kv-transfer-config "$r_cfg"
 PU="http://127.0.0.1:$P" FU="http://127.0.0.1:$F" RU="http://127.0.0.1:$R" CU="http://127.0.0.1:$C"
@@ -83,10 +84,10 @@ s=$(post "$PU" "$(pleg xfer-refused-2 '"model":"no-such-model"')" "$work/p2.json
 check "a prefill leg for an unknown model is refused with 404 (got $s)" eq "$s" 404
 t=$(now); s=$(post "$FU" "$(dleg xfer-refused-1)" "$work/f1.json"); dt=$(since "$t")
 echo "  fail decoder: $s in $dt s: $(head -c 200 "$work/f1.json")"
-expect_fail "$work/f1.json" "$s" "$dt" 20 "refused"
+expect_fail "$work/f1.json" "$s" "$dt" 8 "refused"
 t=$(now); s=$(post "$RU" "$(dleg xfer-refused-2)" "$work/r1.json"); dt=$(since "$t")
 echo "  recompute decoder: $s in $dt s"
-expect_recompute "$work/r1.json" "$s" "$dt" 20
+expect_recompute "$work/r1.json" "$s" "$dt" 8
 finish_case refused_prefill_leg
 
 # --- duplicate_transfer_id -------------------------------------------------------------------------
@@ -112,8 +113,8 @@ read -r fs fdt <"$work/fn.res"
 read -r rs rdt <"$work/rn.res"
 echo "  fail decoder: $fs in $fdt s: $(head -c 300 "$work/fn.json")"
 echo "  recompute decoder: $rs in $rdt s"
-expect_fail "$work/fn.json" "$fs" "$fdt" 35 "no prefill request"
-expect_recompute "$work/rn.json" "$rs" "$rdt" 35
+expect_fail "$work/fn.json" "$fs" "$fdt" 20 "no prefill request"
+expect_recompute "$work/rn.json" "$rs" "$rdt" 20
 check "nothing waits on the prefiller" wait_metric "$PU" kvferry:kv_waiting_pulls 0 5
 finish_case never_prefilled
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -14,6 +15,11 @@ const std::string& TinyModelDir() {
   static const std::string* dir = [] {
     auto* d = new std::string(::testing::TempDir() + "/kvf_engine_test_" + std::to_string(::getpid()));
     std::filesystem::remove_all(*d);
+    // ctest runs every test in a process of its own: each would leave a model behind.
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(TinyModelDir(), ec);
+    });
     model::MakeTinyOptions o;
     o.seed = 11;
     o.dtype = model::DType::kF32;
@@ -60,8 +66,7 @@ std::vector<int32_t> RandomPrompt(int n, uint32_t seed) {
   return t;
 }
 
-std::vector<int32_t> ReferenceGreedy(const std::vector<int32_t>& prompt, int max_tokens,
-                                     bool wrong_table) {
+std::vector<int32_t> ReferenceGreedy(const std::vector<int32_t>& prompt, int max_tokens, bool wrong_table) {
   model::Model& m = ReferenceModel();
   const int64_t bs = 16;
   const int64_t total = static_cast<int64_t>(prompt.size()) + max_tokens;

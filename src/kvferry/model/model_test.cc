@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -21,9 +22,24 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// One folder per process (ctest runs each test in its own), removed when the process exits.
+const std::string& ProcessDir() {
+  static const std::string* dir = [] {
+    auto* d = new std::string(::testing::TempDir() + "/kvf_model_test_" + std::to_string(::getpid()));
+    fs::remove_all(*d);
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(ProcessDir(), ec);
+    });
+    return d;
+  }();
+  return *dir;
+}
+
 std::string TempDir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kvf_model_test_" + std::to_string(::getpid()) + "_" + name;
+  const std::string d = (fs::path(ProcessDir()) / name).string();
   fs::remove_all(d);
+  fs::create_directories(ProcessDir());
   return d;
 }
 
