@@ -316,7 +316,8 @@ TEST(PackedBf16, PackingRoundTripsAndMatMulMatchesReference) {
           }
           bias[o] = Random(ns[o], rng);
         }
-        const int64_t max_m = 41, ldx = k + 8;
+        // 110 rows: the AVX2 prefill cuts them into slices of rows (from 96 on).
+        const int64_t max_m = 110, ldx = k + 8;
         const auto x = Random(max_m * ldx, rng);
         for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{6}, int64_t{7}, int64_t{9}, int64_t{12},
                           int64_t{13}, int64_t{16}, int64_t{17}, int64_t{24}, max_m}) {
@@ -341,7 +342,7 @@ TEST(PackedBf16, PackingRoundTripsAndMatMulMatchesReference) {
               }
           }
         }
-        // Each row alone, then all 41 at once (prefill) and 16 at once (decode): bitwise equal.
+        // Each row alone, then all 110 at once (prefill) and 16 at once (decode): bitwise equal.
         std::vector<std::vector<float>> alone(3), all(3), dec(3);
         for (int o = 0; o < 3; ++o) {
           alone[o].assign(max_m * ns[o], 0.0f);
