@@ -2,9 +2,16 @@
 // the batch table and one Peer per opened segment together.
 #include <fmt/format.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
 
@@ -42,6 +49,33 @@ constexpr uint64_t kInlineCopyMax = 8ull << 20;
 std::string RandomToken() {
   std::random_device rd;
   return fmt::format("{:08x}{:08x}", rd(), rd());
+}
+
+// Removes the shm sockets (kvferry-shm-<pid>-<token>.sock) that killed processes left in dir:
+// the pid in the name is gone and nothing accepts on the socket. A process in another PID
+// namespace sharing the folder still accepts, and keeps its socket. Returns how many it removed.
+int RemoveStaleShmSockets(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    int pid = 0;
+    if (std::sscanf(name.c_str(), "kvferry-shm-%d-", &pid) != 1 || pid <= 0 || !name.ends_with(".sock")) continue;
+    std::error_code type_ec;
+    if (!e.is_socket(type_ec)) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    sockaddr_un addr{};
+    const std::string path = e.path().string();
+    if (path.size() >= sizeof(addr.sun_path)) continue;
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) break;
+    const bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno == ECONNREFUSED;
+    ::close(fd);
+    if (refused && ::unlink(path.c_str()) == 0) ++removed;
+  }
+  return removed;
 }
 
 // One metadata handshake: connect, (authenticate), send our descriptor, read theirs, close.
@@ -104,11 +138,15 @@ class TransferEngineImpl final : public TransferEngine {
 #endif
     }
     const char* tmp = std::getenv("TMPDIR");
+    const std::string shm_dir = tmp && *tmp ? tmp : "/tmp";
+    // Every engine listens on a shm socket (same-host peers that use shm connect to it).
+    if (const int n = RemoveStaleShmSockets(shm_dir); n > 0)
+      KVF_LOG_INFO("transfer: removed {} shm socket(s) that killed processes left in {}", n, shm_dir);
     ServerOptions so;
     so.listen_host = listen;
     so.handshake_port = options_.handshake_port;
     so.data_port = options_.data_port;
-    so.shm_path = fmt::format("{}/kvferry-shm-{}-{}.sock", tmp && *tmp ? tmp : "/tmp", getpid(), RandomToken());
+    so.shm_path = fmt::format("{}/kvferry-shm-{}-{}.sock", shm_dir, getpid(), RandomToken());
     so.secret = secret_;
     so.handshake_timeout = options_.handshake_timeout;
     server_ = std::make_unique<Server>(

@@ -1,9 +1,17 @@
 // In-process tests of the transfer engine: two or three engines on 127.0.0.1.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -14,9 +22,10 @@
 #include "kvferry/transfer/wire.h"
 
 namespace kvferry::transfer {
-inline void PrintTo(Protocol p, std::ostream* os) { *os << ProtocolName(p); }
+inline void PrintTo(Protocol p, std::ostream* os) {
+  *os << ProtocolName(p);
+}
 namespace {
-
 
 using namespace std::chrono_literals;
 using testing::Header;
@@ -36,7 +45,8 @@ class Arena {
   uint64_t addr() const { return reinterpret_cast<uint64_t>(data()); }
   bool GuardsIntact() const {
     for (size_t i = 0; i < guard_; ++i) {
-      if (static_cast<uint8_t>(base_[i]) != 0xEE || static_cast<uint8_t>(base_[guard_ + size_ + i]) != 0xEE) return false;
+      if (static_cast<uint8_t>(base_[i]) != 0xEE || static_cast<uint8_t>(base_[guard_ + size_ + i]) != 0xEE)
+        return false;
     }
     return true;
   }
@@ -71,7 +81,9 @@ std::unique_ptr<TransferEngine> MakeEngine(Protocol protocol = Protocol::kTcp, s
   return e.ok() ? std::move(*e) : nullptr;
 }
 
-uint16_t PortOf(const std::string& segment) { return wire::SplitHostPort(segment)->second; }
+uint16_t PortOf(const std::string& segment) {
+  return wire::SplitHostPort(segment)->second;
+}
 
 class EngineTest : public ::testing::TestWithParam<Protocol> {};
 
@@ -87,8 +99,8 @@ TEST_P(EngineTest, WriteAndReadRoundTripsFromOneByteTo64MiB) {
   char* src = local.data();
   char* dst = local.data() + kMax + 64;
   uint32_t seed = 1;
-  for (size_t len : {size_t{1}, size_t{7}, size_t{4095}, size_t{4096}, size_t{65537}, size_t{(1 << 20) + 3},
-                     size_t{kMax}}) {
+  for (size_t len :
+       {size_t{1}, size_t{7}, size_t{4095}, size_t{4096}, size_t{65537}, size_t{(1 << 20) + 3}, size_t{kMax}}) {
     for (size_t misalign : {size_t{0}, size_t{3}}) {  // unaligned local and remote addresses
       if (len + misalign > kMax + 64) continue;
       Fill(src + misalign, len, ++seed);
@@ -322,6 +334,68 @@ class HungPeer {
   std::thread thread_, data_thread_;
 };
 
+// A unix socket file at path; listening (kept open, returned) or left behind by a closed one.
+net::Fd UnixSocketFile(const std::string& path, bool listening) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  net::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << path;
+  if (!listening) return net::Fd();
+  EXPECT_EQ(::listen(fd.get(), 4), 0);
+  return fd;
+}
+
+// Engines of killed processes leave their shm sockets behind: the next engine removes those whose
+// pid is gone and that nobody accepts on, and nothing else.
+TEST(EngineFaultTest, StaleShmSocketsOfKilledProcessesAreRemoved) {
+  const std::string dir = ::testing::TempDir() + "/kvf_stale_shm_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);  // a pid that is gone (not reused this soon)
+  const std::string dead = fmt::format("{}/kvferry-shm-{}-0123456789abcdef.sock", dir, child);
+  const std::string dead_but_served = fmt::format("{}/kvferry-shm-{}-fedcba9876543210.sock", dir, child);
+  const std::string ours = fmt::format("{}/kvferry-shm-{}-00000000aaaaaaaa.sock", dir, ::getpid());
+  const std::string not_a_socket = fmt::format("{}/kvferry-shm-{}-00000000bbbbbbbb.sock", dir, child);
+  const std::string other = dir + "/other.sock";
+  UnixSocketFile(dead, false);
+  net::Fd served = UnixSocketFile(dead_but_served, true);  // e.g. a process in another PID namespace
+  UnixSocketFile(ours, false);
+  UnixSocketFile(other, false);
+  std::ofstream(not_a_socket) << "x";
+  const char* old_tmp = std::getenv("TMPDIR");
+  const std::string saved = old_tmp ? old_tmp : "";
+  ::setenv("TMPDIR", dir.c_str(), 1);
+  auto e = MakeEngine(Protocol::kShm);
+  if (old_tmp) {
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("TMPDIR");
+  }
+  ASSERT_NE(e, nullptr);
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(dead_but_served));
+  EXPECT_TRUE(std::filesystem::exists(ours));
+  EXPECT_TRUE(std::filesystem::exists(not_a_socket));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  // The engine's own socket is there while it runs, and gone when it stops.
+  int own = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dir)) {
+    const std::string name = f.path().filename().string();
+    own += name.starts_with(fmt::format("kvferry-shm-{}-", ::getpid())) && f.path() != ours;
+  }
+  EXPECT_EQ(own, 1);
+  e.reset();
+  for (const auto& f : std::filesystem::directory_iterator(dir)) {
+    const std::string name = f.path().filename().string();
+    EXPECT_FALSE(name.starts_with(fmt::format("kvferry-shm-{}-", ::getpid())) && f.path() != ours) << name;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(EngineFaultTest, HungPeerFailsWithinTheDeadline) {
   HungPeer peer(/*v2=*/true);
   auto init = MakeEngine();
@@ -331,7 +405,8 @@ TEST(EngineFaultTest, HungPeerFailsWithinTheDeadline) {
   ASSERT_TRUE(seg.ok()) << seg.status().ToString();
   // 8 MiB into a peer that never reads: the socket buffers fill, then the deadline hits.
   std::vector<TransferRequest> reqs;
-  for (int i = 0; i < 8; ++i) reqs.push_back({Op::kWrite, local.data() + i * (1 << 20), *seg, 0x10000u + i * (1u << 20), 1u << 20});
+  for (int i = 0; i < 8; ++i)
+    reqs.push_back({Op::kWrite, local.data() + i * (1 << 20), *seg, 0x10000u + i * (1u << 20), 1u << 20});
   reqs.push_back({Op::kRead, local.data(), *seg, 0x10000, 64});
   double t0 = NowSeconds();
   auto id = init->Submit(reqs, Deadline::After(500ms));
@@ -507,11 +582,12 @@ TEST(EngineWireTest, HandshakeDaemonAnswersEveryTypeAndSurvivesGarbage) {
   EXPECT_EQ(ask(wire::EncodeHandshakeFrame(wire::kTypeProbe, "{}")), "\x03" + wire::ProbeReplyBody());
   EXPECT_EQ(ask(wire::EncodeHandshakeFrame(wire::kTypeNotify, R"({"name":"x","notify_msg":"m"})")),
             "\x02" + wire::NotifyReplyBody());
-  EXPECT_EQ(ask(wire::EncodeHandshakeFrame(wire::kTypeConnection, "{}")), std::string(1, '\0') + wire::ConnectionReplyBody());
+  EXPECT_EQ(ask(wire::EncodeHandshakeFrame(wire::kTypeConnection, "{}")),
+            std::string(1, '\0') + wire::ConnectionReplyBody());
   EXPECT_EQ(ask(wire::EncodeUntypedHandshakeFrame("{}")), wire::ConnectionReplyBody());  // legacy: untyped reply
   // Garbage: each gets the connection closed without a reply.
-  EXPECT_EQ(ask(std::string(8, '\0')), "<closed>");                                             // L = 0
-  EXPECT_EQ(ask(std::string("\x01\x00\x00\x10\x00\x00\x00\x00", 8) + "xx"), "<closed>");     // L > 1 MiB
+  EXPECT_EQ(ask(std::string(8, '\0')), "<closed>");                                       // L = 0
+  EXPECT_EQ(ask(std::string("\x01\x00\x00\x10\x00\x00\x00\x00", 8) + "xx"), "<closed>");  // L > 1 MiB
   EXPECT_EQ(ask(wire::EncodeHandshakeFrame(wire::kTypeMetadata, "{not json")), "<closed>");
   EXPECT_EQ(ask(std::string("\x05\x00\x00\x00\x00\x00\x00\x00\x85{}{}", 13)), "<closed>");  // unknown type
   {
