@@ -189,9 +189,10 @@ void Compute::Impl::GemvPath(const float* x, int64_t m, int64_t ldx, std::span<c
 }
 
 // Packed bf16 weights: at AVX512-BF16, x to bf16 pairs once (PackedX); at AVX2, x as it is.
-// Then whole blocks of 16 weight rows over the concatenated outputs, about 8 parts a thread for
-// decode and 4 of two blocks each for prefill, claimed dynamically. The same kernel serves
-// both: m only picks the tile.
+// Then parts of whole blocks of 16 weight rows over the concatenated outputs, claimed
+// dynamically: about 8 a thread for decode, 4 of two blocks each for the AVX512-BF16 prefill,
+// and for the AVX2 prefill ~16 a thread in rows x blocks (below). One kernel per level serves
+// decode and prefill: m only picks the tile.
 void Compute::Impl::PackedPath(const float* x, int64_t m, int64_t ldx, std::span<const MatMulOutput> outs) {
   const int64_t k = outs[0].w.cols, pairs = k / 2;
   // AVX2 reads x as it is (f32, broadcast from its rows); AVX512-BF16 wants bf16 pairs.

@@ -27,6 +27,7 @@ const std::string& ProcessDir() {
   static const std::string* dir = [] {
     auto* d = new std::string(::testing::TempDir() + "/kvf_model_test_" + std::to_string(::getpid()));
     fs::remove_all(*d);
+    fs::create_directories(*d);
     std::atexit([] {
       std::error_code ec;
       fs::remove_all(ProcessDir(), ec);
@@ -39,7 +40,6 @@ const std::string& ProcessDir() {
 std::string TempDir(const std::string& name) {
   const std::string d = (fs::path(ProcessDir()) / name).string();
   fs::remove_all(d);
-  fs::create_directories(ProcessDir());
   return d;
 }
 

@@ -2,15 +2,12 @@
 // the batch table and one Peer per opened segment together.
 #include <fmt/format.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -64,16 +61,8 @@ int RemoveStaleShmSockets(const std::string& dir) {
     std::error_code type_ec;
     if (!e.is_socket(type_ec)) continue;
     if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
-    sockaddr_un addr{};
     const std::string path = e.path().string();
-    if (path.size() >= sizeof(addr.sun_path)) continue;
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) break;
-    const bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno == ECONNREFUSED;
-    ::close(fd);
-    if (refused && ::unlink(path.c_str()) == 0) ++removed;
+    if (net::UnixSocketRefuses(path) && ::unlink(path.c_str()) == 0) ++removed;
   }
   return removed;
 }

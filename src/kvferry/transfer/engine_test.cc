@@ -2,8 +2,6 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -334,16 +332,11 @@ class HungPeer {
   std::thread thread_, data_thread_;
 };
 
-// A unix socket file at path; listening (kept open, returned) or left behind by a closed one.
+// A unix socket file at path: listening (the returned fd), or left behind by a closed one.
 net::Fd UnixSocketFile(const std::string& path, bool listening) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  net::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << path;
-  if (!listening) return net::Fd();
-  EXPECT_EQ(::listen(fd.get(), 4), 0);
-  return fd;
+  StatusOr<net::Fd> fd = net::ListenUnix(path);
+  EXPECT_TRUE(fd.ok()) << fd.status().ToString();
+  return listening && fd.ok() ? std::move(*fd) : net::Fd();
 }
 
 // Engines of killed processes leave their shm sockets behind: the next engine removes those whose

@@ -95,11 +95,18 @@ StatusOr<Fd> ListenTcp(const std::string& host, uint16_t port, uint16_t* bound_p
   return fd;
 }
 
-StatusOr<Fd> ListenUnix(const std::string& path) {
+namespace {
+StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un addr{};
   if (path.size() >= sizeof(addr.sun_path)) return InvalidArgumentError("unix socket path too long: " + path);
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+}  // namespace
+
+StatusOr<Fd> ListenUnix(const std::string& path) {
+  KVF_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
   ::unlink(path.c_str());
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoToStatus(errno, "socket(AF_UNIX)");
@@ -140,11 +147,16 @@ StatusOr<Fd> ConnectTcp(const std::string& host, uint16_t port, const Deadline& 
 }
 
 StatusOr<Fd> ConnectUnix(const std::string& path, const Deadline& deadline) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof(addr.sun_path)) return InvalidArgumentError("unix socket path too long: " + path);
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  KVF_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
   return ConnectAddr(AF_UNIX, reinterpret_cast<sockaddr*>(&addr), sizeof(addr), deadline, path, false);
+}
+
+bool UnixSocketRefuses(const std::string& path) {
+  StatusOr<sockaddr_un> addr = UnixAddress(path);
+  if (!addr.ok()) return false;
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) return false;
+  return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) != 0 && errno == ECONNREFUSED;
 }
 
 StatusOr<Fd> Accept(int listen_fd) {

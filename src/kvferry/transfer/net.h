@@ -51,6 +51,9 @@ StatusOr<Fd> ListenUnix(const std::string& path);
 // Connects with a deadline; sets TCP_NODELAY and large buffers on TCP sockets.
 StatusOr<Fd> ConnectTcp(const std::string& host, uint16_t port, const Deadline& deadline);
 StatusOr<Fd> ConnectUnix(const std::string& path, const Deadline& deadline);
+// Whether a connection to the unix socket at path is refused at once: a socket file that
+// nobody listens on (its owner is gone). False when someone accepts, or path is no socket.
+bool UnixSocketRefuses(const std::string& path);
 // Accepts one connection (blocking until one arrives or the listener is shut down).
 StatusOr<Fd> Accept(int listen_fd);
 // Tunes an accepted/connected TCP socket (NODELAY, buffer sizes, non-blocking).
